@@ -1,0 +1,198 @@
+/* See exitpath.h. Compiled by cffi into pyvmm._exitpath (csrc/exitpath_build.py). */
+#include <dlfcn.h>
+#include <string.h>
+#include <time.h>
+#include <stdbool.h>
+#include "exitpath.h"
+
+/* Register ids from unicorn/x86.h (enum uc_x86_reg), Unicorn 2.1.4. */
+#define UC_X86_REG_EFLAGS 25
+#define UC_X86_REG_RAX 35
+#define UC_X86_REG_RBP 36
+#define UC_X86_REG_RBX 37
+#define UC_X86_REG_RCX 38
+#define UC_X86_REG_RDI 39
+#define UC_X86_REG_RDX 40
+#define UC_X86_REG_RIP 41
+#define UC_X86_REG_RSI 43
+#define UC_X86_REG_RSP 44
+#define UC_X86_REG_R8 106
+
+/* Hook types and instruction ids from unicorn/unicorn.h and unicorn/x86.h. */
+#define UC_HOOK_INTR (1 << 0)
+#define UC_HOOK_INSN (1 << 1)
+#define UC_HOOK_INSN_INVALID (1 << 14)
+#define UC_X86_INS_IN 218
+#define UC_X86_INS_OUT 500
+#define UC_X86_INS_SYSCALL 699
+#define UC_X86_INS_CPUID 88
+#define UC_X86_INS_RDTSC 609
+
+static int (*p_reg_read_batch)(void *, int *, void **, int);
+static int (*p_reg_write_batch)(void *, int *, void *const *, int);
+static int (*p_hook_add)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
+static int (*p_hook_del)(void *, size_t);
+static int (*p_emu_stop)(void *);
+static int (*p_context_alloc)(void *, void **);
+static int (*p_context_free)(void *);
+static int (*p_context_save)(void *, void *);
+static int (*p_context_restore)(void *, void *);
+static size_t (*p_context_size)(void *);
+
+static int regids[PV_NREGS];
+
+static uint64_t pv_exit(pv_vcpu *v, int kind, uint64_t a, uint64_t b, uint64_t c);
+
+static const char *bind_error = "not bound";
+
+const char *pv_bind(const char *libpath)
+{
+    void *h = dlopen(libpath, RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        h = dlopen(libpath, RTLD_NOW);
+    if (!h)
+        return dlerror();
+#define SYM(var, name) do { *(void **)&var = dlsym(h, name); if (!var) return "missing " name; } while (0)
+    SYM(p_reg_read_batch, "uc_reg_read_batch");
+    SYM(p_reg_write_batch, "uc_reg_write_batch");
+    SYM(p_hook_add, "uc_hook_add");
+    SYM(p_hook_del, "uc_hook_del");
+    SYM(p_emu_stop, "uc_emu_stop");
+    SYM(p_context_alloc, "uc_context_alloc");
+    SYM(p_context_free, "uc_context_free");
+    SYM(p_context_save, "uc_context_save");
+    SYM(p_context_restore, "uc_context_restore");
+    SYM(p_context_size, "uc_context_size");
+#undef SYM
+    int ids[PV_NREGS] = {UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX,
+                         UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_RBP, UC_X86_REG_RSP,
+                         UC_X86_REG_R8, UC_X86_REG_R8 + 1, UC_X86_REG_R8 + 2, UC_X86_REG_R8 + 3,
+                         UC_X86_REG_R8 + 4, UC_X86_REG_R8 + 5, UC_X86_REG_R8 + 6, UC_X86_REG_R8 + 7,
+                         UC_X86_REG_RIP, UC_X86_REG_EFLAGS};
+    memcpy(regids, ids, sizeof ids);
+    bind_error = NULL;
+    return NULL;
+}
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
+}
+
+int pv_read_frame(pv_vcpu *v)
+{
+    void *ptrs[PV_NREGS];
+    uint64_t *f = &v->f.rax;
+    for (int i = 0; i < PV_NREGS; i++)
+        ptrs[i] = &f[i];
+    int err = p_reg_read_batch(v->uc, regids, ptrs, PV_NREGS);
+    v->saved = v->f;
+    return err;
+}
+
+/* Write back the registers that differ from what pv_read_frame saw. */
+int pv_write_frame(pv_vcpu *v)
+{
+    int ids[PV_NREGS];
+    void *ptrs[PV_NREGS];
+    uint64_t *f = &v->f.rax, *s = &v->saved.rax;
+    int n = 0;
+    for (int i = 0; i < PV_NREGS; i++) {
+        if (f[i] != s[i]) {
+            ids[n] = regids[i];
+            ptrs[n] = &f[i];
+            n++;
+        }
+    }
+    v->saved = v->f;
+    return n ? p_reg_write_batch(v->uc, ids, (void *const *)ptrs, n) : 0;
+}
+
+static inline uint64_t dispatch(pv_vcpu *v, int kind, uint64_t a, uint64_t b, uint64_t c)
+{
+    pv_read_frame(v);
+    uint64_t t0 = now_ns();
+    uint64_t r = pv_exit(v, kind, a, b, c);
+    v->hook_ns += now_ns() - t0;
+    v->nexits++;
+    pv_write_frame(v);
+    return r;
+}
+
+static int cb_cpuid(void *uc, void *ud) { dispatch(ud, PV_CPUID, 0, 0, 0); return 1; }
+static int cb_rdtsc(void *uc, void *ud) { dispatch(ud, PV_RDTSC, 0, 0, 0); return 1; }
+static uint32_t cb_in(void *uc, uint32_t port, int size, void *ud)
+{
+    return (uint32_t)dispatch(ud, PV_IN, port, (uint64_t)size, 0);
+}
+static void cb_out(void *uc, uint32_t port, int size, uint32_t value, void *ud)
+{
+    dispatch(ud, PV_OUT, port, (uint64_t)size, value);
+}
+static bool cb_invalid(void *uc, void *ud) { return dispatch(ud, PV_INVALID, 0, 0, 0) != 0; }
+static void cb_intr(void *uc, uint32_t intno, void *ud) { dispatch(ud, PV_INTR, intno, 0, 0); }
+static void cb_syscall(void *uc, void *ud) { dispatch(ud, PV_SYSCALL, 0, 0, 0); }
+
+/* Install the exit hooks on v->uc. want_rdtsc: also trap RDTSC. Returns a uc_err. */
+int pv_attach(pv_vcpu *v, int want_rdtsc)
+{
+    int err;
+    if (bind_error)
+        return -1;
+#define ADD(type, cb, ...) do { \
+        err = p_hook_add(v->uc, &v->hooks[v->nhooks], type, (void *)cb, v, (uint64_t)1, (uint64_t)0, ##__VA_ARGS__); \
+        if (err) return err; v->nhooks++; } while (0)
+    ADD(UC_HOOK_INSN, cb_cpuid, UC_X86_INS_CPUID);
+    ADD(UC_HOOK_INSN, cb_in, UC_X86_INS_IN);
+    ADD(UC_HOOK_INSN, cb_out, UC_X86_INS_OUT);
+    ADD(UC_HOOK_INSN, cb_syscall, UC_X86_INS_SYSCALL);
+    ADD(UC_HOOK_INSN_INVALID, cb_invalid);
+    ADD(UC_HOOK_INTR, cb_intr);
+    if (want_rdtsc)
+        ADD(UC_HOOK_INSN, cb_rdtsc, UC_X86_INS_RDTSC);
+#undef ADD
+    if (!v->ctx) {
+        err = p_context_alloc(v->uc, &v->ctx);
+        if (err) return err;
+        v->ctx_size = p_context_size(v->uc);
+    }
+    return 0;
+}
+
+/* Turn the RDTSC hook on or off after attach (it is the last hook when present). */
+int pv_set_rdtsc_exiting(pv_vcpu *v, int on)
+{
+    int err;
+    int have = v->nhooks == 7;
+    if (on && !have) {
+        err = p_hook_add(v->uc, &v->hooks[v->nhooks], UC_HOOK_INSN, (void *)cb_rdtsc, v,
+                         (uint64_t)1, (uint64_t)0, UC_X86_INS_RDTSC);
+        if (!err) v->nhooks++;
+        return err;
+    }
+    if (!on && have) {
+        v->nhooks--;
+        return p_hook_del(v->uc, v->hooks[v->nhooks]);
+    }
+    return 0;
+}
+
+void pv_detach(pv_vcpu *v)
+{
+    while (v->nhooks > 0)
+        p_hook_del(v->uc, v->hooks[--v->nhooks]);
+    if (v->ctx) {
+        p_context_free(v->ctx);
+        v->ctx = NULL;
+    }
+}
+
+int pv_stop(pv_vcpu *v) { return p_emu_stop(v->uc); }
+
+/* Guest-state area access: the engine's CPU state as a uc_context blob. The
+ * offsets are found by calibration in pyvmm/cpu/_unicorn.py, not assumed. */
+int pv_ctx_save(pv_vcpu *v) { return p_context_save(v->uc, v->ctx); }
+int pv_ctx_restore(pv_vcpu *v) { return p_context_restore(v->uc, v->ctx); }
+uint8_t *pv_ctx_bytes(pv_vcpu *v) { return (uint8_t *)v->ctx; }

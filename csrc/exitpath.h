@@ -1,0 +1,46 @@
+/* pyvmm exit fast path: the C side of a VM exit.
+ *
+ * Unicorn calls these hooks while the guest is suspended. Each hook reads the
+ * guest's general registers into a frame with one batched call, calls the
+ * Python exit dispatcher (pv_exit, an extern "Python" function), and writes back
+ * only the registers the dispatcher changed. Python never pays for the ctypes
+ * hook wrapper or for one foreign call per register.
+ *
+ * libunicorn is not linked: pv_bind() dlopen()s the copy the unicorn Python
+ * package already loaded (RTLD_NOLOAD) and looks up the few functions used.
+ */
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct pv_frame {
+    uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rip, rflags;
+} pv_frame;
+
+#define PV_NREGS 18
+
+/* exit kinds passed to pv_exit */
+enum {
+    PV_CPUID = 1,   /* a, b: unused */
+    PV_IN = 2,      /* a = port, b = size; returns the value */
+    PV_OUT = 3,     /* a = port, b = size, c = value */
+    PV_INVALID = 4, /* invalid opcode (VMCALL, VMMCALL, UD2...); returns 1 if handled */
+    PV_INTR = 5,    /* a = intno (0x100 + SVM exit code for intercepts) */
+    PV_RDTSC = 6,
+    PV_SYSCALL = 7,
+};
+
+typedef struct pv_vcpu {
+    void *uc;            /* uc_engine * */
+    void *handle;        /* cffi handle of the Python Vcpu backend */
+    pv_frame f;          /* registers of the exit being handled */
+    pv_frame saved;      /* as read, to find what the handler changed */
+    void *ctx;           /* a uc_context for guest-state reads/writes */
+    size_t ctx_size;     /* bytes of the context including its header */
+    uint64_t hook_ns;    /* total ns spent in pv_exit, for bookkeeping */
+    uint64_t nexits;
+    size_t hooks[8];
+    int nhooks;
+    int stop_requested;
+} pv_vcpu;

@@ -1,0 +1,541 @@
+"""The CPU engine: Unicorn running the guest in QEMU's AMD-V (SVM) guest mode.
+
+This is the only module that imports unicorn. It gives the rest of pyvmm:
+- ``Engine``: guest RAM mapped zero-copy, the guest entered through VMRUN, exits
+  delivered to ``Engine.on_exit(kind, a, b, c)`` by the C fast path
+  (csrc/exitpath.c), register access through a frame (``Engine.regs``), control
+  registers, MSRs, segment caches, descriptor tables: the CpuState interface of
+  cpu/state.py;
+- ``native_cpuid(leaf, subleaf)``: what the emulated CPU model answers.
+
+Why SVM: Unicorn runs RDMSR/WRMSR, mov to CR0/CR3/CR4 and INVLPG at CPL0 without a
+hook. Under QEMU's SVM emulation the same instructions are intercepted (MSR
+permission map, CR write intercepts, INVLPG intercept), exceptions are intercepted
+by vector before QEMU's double-fault bookkeeping runs (``cpu_vmexit`` resets
+``old_exception``, so Unicorn issue #1883 never triggers), and nested paging is
+available. Unicorn never performs the #VMEXIT world switch: an intercept reaches
+the interrupt hook as 0x100 + exit code with the guest state still loaded, and
+returning from the hook resumes the guest (see ../shared/unicorn-probes/p7_svm.py).
+CPUID, IN/OUT and VMCALL use Unicorn's own instruction hooks, which are cheaper.
+
+The guest-state area: segment caches (hidden base/limit/flags), the hflags word
+(CPL, CS32/SS32/CS64) and the pending error code are not in Unicorn's register
+API. They are read and written in a saved uc_context, at offsets found by
+calibration the first time an engine is built (``_calibrate``), never assumed.
+
+Invariants: the guest never sees VMM-private memory in its e820 map; the MSR
+permission map always intercepts every MSR the guest touches (root mode lifts one
+MSR's bits only while it accesses that MSR itself).
+"""
+
+import os
+import struct
+import threading
+
+os.environ.setdefault("UC_IGNORE_REG_BREAK", "1")
+
+import unicorn  # noqa: E402
+from unicorn import x86_const as X  # noqa: E402
+from unicorn.unicorn_py3 import unicorn as _ucmod  # noqa: E402
+
+from pyvmm import _exitpath  # noqa: E402
+from pyvmm.cpu import svm  # noqa: E402
+from pyvmm.cpu.state import (DESC_B, DESC_L, CR0_PE, EFER_LMA, GPRS, SEG_NAMES, Segment,  # noqa: E402
+                             Table)
+from pyvmm.errors import EngineError  # noqa: E402
+from pyvmm.mm.layout import VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE  # noqa: E402
+
+ffi, lib = _exitpath.ffi, _exitpath.lib
+
+# Exit kinds from csrc/exitpath.h
+PV_CPUID, PV_IN, PV_OUT, PV_INVALID, PV_INTR, PV_RDTSC, PV_SYSCALL = range(1, 8)
+
+UNTIL = 0xFFFF_FFFF_FFFF_FFFF   # emu_start "until": a non-canonical address, never reached
+
+# QEMU hflags bits (target/i386/cpu.h)
+HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3
+HF_CS32 = 1 << 4
+HF_SS32 = 1 << 5
+HF_ADDSEG = 1 << 6
+HF_LMA = 1 << 14
+HF_CS64 = 1 << 15
+HF_SVME = 1 << 20
+HF_GUEST = 1 << 21
+
+# VMM-private memory map (guest-physical, outside guest RAM)
+VMCB = VMM_PRIVATE_BASE
+HSAVE = VMM_PRIVATE_BASE + 0x1000
+STUB = VMM_PRIVATE_BASE + 0x2000
+MSRPM = VMM_PRIVATE_BASE + 0x4000
+IOPM = VMM_PRIVATE_BASE + 0x8000
+assert IOPM + svm.IOPM_SIZE <= VMM_PRIVATE_BASE + VMM_PRIVATE_SIZE
+
+_SEG_REG = {"es": X.UC_X86_REG_ES, "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS,
+            "ds": X.UC_X86_REG_DS, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
+_TABLE_REG = {"gdtr": X.UC_X86_REG_GDTR, "idtr": X.UC_X86_REG_IDTR,
+              "ldtr": X.UC_X86_REG_LDTR, "tr": X.UC_X86_REG_TR}
+_CR_REG = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3,
+           4: X.UC_X86_REG_CR4, 8: X.UC_X86_REG_CR8}
+
+_SEGCACHE = struct.Struct("<IIQII")   # selector, pad, base, limit, flags (QEMU SegmentCache)
+
+_bound = False
+
+
+def _bind():
+    global _bound
+    if not _bound:
+        err = lib.pv_bind(_ucmod.uclib._name.encode())
+        if err != ffi.NULL:
+            raise EngineError(f"cannot bind the exit fast path to libunicorn: {ffi.string(err).decode()}")
+        _bound = True
+
+
+@ffi.def_extern(onerror=lambda exc, val, tb: _hook_error(exc, val, tb))
+def pv_exit(v, kind, a, b, c):
+    return ffi.from_handle(v.handle).on_exit(kind, a, b, c)
+
+
+_pending_errors = {}
+
+
+def _hook_error(exc, val, tb):
+    # An exception escaped root-mode code during an exit: stop the guest and let
+    # Engine.run re-raise it (a VMM bug must not be swallowed by the C callback).
+    for engine in list(_pending_errors):
+        if _pending_errors[engine] is None:
+            _pending_errors[engine] = val.with_traceback(tb)
+            engine.kick()
+    return 0
+
+
+def _new_uc():
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.ctl_set_cpu_model(X.UC_CPU_X86_EPYC)
+    return uc
+
+
+def _host_stub(vmcb):
+    """Host code run once: enable EFER.SVME, set VM_HSAVE_PA, VMRUN the guest.
+
+    Hand-assembled (no assembler at run time):
+        mov ecx, 0xC0000080 ; rdmsr ; or eax, 0x1000 ; wrmsr
+        jmp +0              ; end the TB so VMRUN is translated with SVME set
+        mov ecx, 0xC0010117 ; mov eax, HSAVE(lo) ; mov edx, HSAVE(hi) ; wrmsr
+        mov rax, VMCB ; vmrun ; hlt
+    """
+    code = b"\xb9" + struct.pack("<I", svm.MSR_EFER) + b"\x0f\x32"
+    code += b"\x0d" + struct.pack("<I", svm.EFER_SVME) + b"\x0f\x30"
+    code += b"\xeb\x00"
+    code += b"\xb9" + struct.pack("<I", svm.MSR_VM_HSAVE_PA)
+    code += b"\xb8" + struct.pack("<I", HSAVE & 0xFFFFFFFF) + b"\xba" + struct.pack("<I", HSAVE >> 32)
+    code += b"\x0f\x30"
+    code += b"\x48\xb8" + struct.pack("<Q", vmcb) + b"\x0f\x01\xd8\xf4"
+    return code
+
+
+class GuestEntry:
+    """What VMRUN loads: the guest's first state and the intercept controls."""
+
+    def __init__(self, *, rip, rsp, rflags, cr0, cr3, cr4, efer, gdt, idt, cs, ds, gprs=None,
+                 cr_read=0, cr_write=0, exceptions=0, intercepts=0):
+        self.rip, self.rsp, self.rflags = rip, rsp, rflags
+        self.cr0, self.cr3, self.cr4, self.efer = cr0, cr3, cr4, efer
+        self.gdt, self.idt = gdt, idt          # (base, limit)
+        self.cs, self.ds = cs, ds              # (selector, base, limit, vmcb attrib)
+        self.gprs = gprs or {}
+        self.cr_read, self.cr_write = cr_read, cr_write
+        self.exceptions, self.intercepts = exceptions, intercepts
+
+
+def _write_vmcb(uc, entry):
+    """VMCB, permission maps, host stub and host paging for one VMRUN of ``entry``."""
+    uc.mem_write(MSRPM, b"\xff" * svm.MSRPM_SIZE)      # intercept every MSR
+    uc.mem_write(IOPM, b"\x00" * svm.IOPM_SIZE)        # port I/O goes to Unicorn's hooks
+    ctl = bytearray(svm.SAVE)
+    struct.pack_into("<HH", ctl, svm.CTRL_CR_INTERCEPTS, entry.cr_read, entry.cr_write)
+    struct.pack_into("<I", ctl, svm.CTRL_EXCP_INTERCEPTS, entry.exceptions)
+    struct.pack_into("<Q", ctl, svm.CTRL_INTERCEPTS, entry.intercepts)
+    struct.pack_into("<QQ", ctl, svm.CTRL_IOPM_BASE, IOPM, MSRPM)
+    struct.pack_into("<I", ctl, svm.CTRL_ASID, 1)
+    vmcb = ctl + bytearray(svm.VMCB_SIZE - svm.SAVE)
+
+    def seg(off, selector, attrib, limit, base):
+        vmcb[off:off + 16] = svm.pack_segment(selector, attrib, limit, base)
+
+    sel, base, limit, attrib = entry.cs
+    seg(svm.SEG_CS, sel, attrib, limit, base)
+    sel, base, limit, attrib = entry.ds
+    for off in (svm.SEG_ES, svm.SEG_SS, svm.SEG_DS, svm.SEG_FS, svm.SEG_GS):
+        seg(off, sel, attrib, limit, base)
+    seg(svm.SEG_GDTR, 0, 0, entry.gdt[1], entry.gdt[0])
+    seg(svm.SEG_IDTR, 0, 0, entry.idt[1], entry.idt[0])
+    seg(svm.SEG_TR, 0, 0x8B, 0, 0)      # an empty busy TSS until the guest loads its own
+    vmcb[svm.SAVE_CPL] = 0
+    struct.pack_into("<Q", vmcb, svm.SAVE_EFER, entry.efer | svm.EFER_SVME)
+    struct.pack_into("<QQQ", vmcb, svm.SAVE_CR4, entry.cr4, entry.cr3, entry.cr0)
+    struct.pack_into("<QQ", vmcb, svm.SAVE_RFLAGS, entry.rflags, entry.rip)
+    struct.pack_into("<Q", vmcb, svm.SAVE_RSP, entry.rsp)
+    struct.pack_into("<Q", vmcb, svm.SAVE_RAX, entry.gprs.get("rax", 0))
+    struct.pack_into("<Q", vmcb, svm.SAVE_G_PAT, 0x0007040600070406)   # power-on PAT
+    uc.mem_write(VMCB, bytes(vmcb))
+    uc.mem_write(STUB, _host_stub(VMCB))
+    _host_paging(uc)
+
+
+def _host_paging(uc):
+    """Host state for the stub: 64-bit ring 0 on private page tables that map the
+    private area 1:1 with one 2 MiB page (the stub lives there)."""
+    pml4, pdpt, pd = (VMM_PRIVATE_BASE + off for off in (0xB000, 0xC000, 0xE000))
+    for table in (pml4, pdpt, pd):
+        uc.mem_write(table, b"\0" * 4096)
+    uc.mem_write(pml4 + ((VMM_PRIVATE_BASE >> 39) & 511) * 8, struct.pack("<Q", pdpt | 3))
+    uc.mem_write(pdpt + ((VMM_PRIVATE_BASE >> 30) & 511) * 8, struct.pack("<Q", pd | 3))
+    uc.mem_write(pd + ((VMM_PRIVATE_BASE >> 21) & 511) * 8, struct.pack("<Q", VMM_PRIVATE_BASE | 0x83))
+    gdt = VMM_PRIVATE_BASE + 0xD000
+    uc.mem_write(gdt, struct.pack("<3Q", 0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF))
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, 23, 0))
+    uc.reg_write(X.UC_X86_REG_CR3, pml4)
+    uc.reg_write(X.UC_X86_REG_CR4, 0x20)
+    uc.reg_write(X.UC_X86_REG_MSR, (svm.MSR_EFER, 0x500))
+    uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    uc.reg_write(X.UC_X86_REG_SS, 0x10)
+    uc.reg_write(X.UC_X86_REG_RSP, VMM_PRIVATE_BASE + 0xA000)
+
+
+class Engine:
+    """One vCPU on one Unicorn engine, with guest RAM from ``memory``."""
+
+    def __init__(self, memory):
+        _bind()
+        self.memory = memory
+        self.uc = uc = _new_uc()
+        uc.mem_map_ptr(0, memory.size, unicorn.UC_PROT_ALL, memory.host_address)
+        uc.mem_map(VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE)
+        memory.write_code_hook = self.flush_code
+        self.layout = _calibrate()
+        self._v = ffi.new("pv_vcpu *")
+        self._handle = ffi.new_handle(self)
+        self._v.handle = self._handle
+        self._v.uc = ffi.cast("void *", uc._uch.value)
+        err = lib.pv_attach(self._v, 0)
+        if err:
+            raise EngineError(f"cannot install the exit hooks (uc_err {err})")
+        self.regs = self._v.f           # the register frame (cffi struct: .rax ... .rflags)
+        self._ctx = ffi.buffer(lib.pv_ctx_bytes(self._v), self._v.ctx_size)
+        self._start = None              # where the next run starts (the stub before entry)
+        self._lock = threading.Lock()
+        self._running = False
+        self._kicked = False
+        self.on_exit = None             # callable(kind, a, b, c) -> int, set by the Vcpu
+        _pending_errors[self] = None
+
+    # ---- life cycle ----
+    def enter(self, entry):
+        """Write the VMCB for ``entry`` and arrange for the next run to VMRUN it."""
+        _write_vmcb(self.uc, entry)
+        for name in GPRS:
+            if name != "rax":
+                setattr(self.regs, name, entry.gprs.get(name, 0))
+        lib.pv_write_frame(self._v)
+        self._start = STUB
+
+    @property
+    def entered(self):
+        return self._start is not None and self._start != STUB
+
+    def run(self):
+        """Run the guest until something stops it (kick, HLT, an exit that asks to stop).
+
+        Registers changed in ``regs`` outside an exit are written first; on return
+        ``regs`` holds the guest's registers again.
+        """
+        if self._start is None:
+            raise EngineError("the guest was never entered (call enter first)")
+        lib.pv_write_frame(self._v)
+        start = self._start if self._start == STUB else self.regs.rip
+        with self._lock:
+            if self._kicked:
+                self._kicked = False
+                lib.pv_read_frame(self._v)
+                return
+            self._running = True
+        try:
+            self.uc.emu_start(start, UNTIL)
+        except unicorn.UcError as e:
+            lib.pv_read_frame(self._v)
+            raise EngineError(f"the CPU engine stopped: {e} at RIP {self.regs.rip:#x}") from None
+        finally:
+            with self._lock:
+                self._running = False
+                self._kicked = False
+        self._start = 0
+        lib.pv_read_frame(self._v)
+        err = _pending_errors.get(self)
+        if err is not None:
+            _pending_errors[self] = None
+            raise err
+
+    def kick(self):
+        """Make run() return soon (thread-safe). A kick before run() starts makes the
+        next run() return at once, so a wake-up is never lost."""
+        with self._lock:
+            if self._running:
+                lib.pv_stop(self._v)
+            else:
+                self._kicked = True
+
+    def stop_from_exit(self):
+        """Called inside an exit: return from run() after this exit completes."""
+        lib.pv_stop(self._v)
+
+    def close(self):
+        lib.pv_detach(self._v)
+        _pending_errors.pop(self, None)
+        self.memory.write_code_hook = None
+        self.uc = None
+
+    # ---- registers and state ----
+    def get_cr(self, n):
+        return self.uc.reg_read(_CR_REG[n])
+
+    def set_cr(self, n, value):
+        self.uc.reg_write(_CR_REG[n], value)
+
+    def _msrpm_lift(self, index):
+        pos = svm.msrpm_position(index)
+        if pos is None:
+            return None
+        off, _ = pos
+        old = bytes(self.uc.mem_read(MSRPM + off, 1))
+        self.uc.mem_write(MSRPM + off, b"\0")
+        return off, old
+
+    def _msrpm_restore(self, lifted):
+        if lifted is not None:
+            self.uc.mem_write(MSRPM + lifted[0], lifted[1])
+
+    def get_msr(self, index):
+        lifted = self._msrpm_lift(index)
+        try:
+            return self.uc.reg_read(X.UC_X86_REG_MSR, index)
+        finally:
+            self._msrpm_restore(lifted)
+
+    def set_msr(self, index, value):
+        lifted = self._msrpm_lift(index)
+        try:
+            self.uc.reg_write(X.UC_X86_REG_MSR, (index, value))
+        finally:
+            self._msrpm_restore(lifted)
+
+    @property
+    def efer(self):
+        return self.get_msr(svm.MSR_EFER) & ~svm.EFER_SVME
+
+    def get_table(self, name):
+        return Table(*self.uc.reg_read(_TABLE_REG[name]))
+
+    def _ctx_save(self):
+        if lib.pv_ctx_save(self._v):
+            raise EngineError("uc_context_save failed")
+        return self._ctx
+
+    def get_segment(self, name):
+        ctx = self._ctx_save()
+        sel, _, base, limit, flags = _SEGCACHE.unpack_from(ctx, self.layout.seg(name))
+        return Segment(sel, base, limit, flags)
+
+    def hflags(self):
+        return struct.unpack_from("<I", self._ctx_save(), self.layout.hflags)[0]
+
+    @property
+    def cpl(self):
+        return self.hflags() & HF_CPL_MASK
+
+    @property
+    def interrupt_shadow(self):
+        return bool(self.hflags() & HF_INHIBIT_IRQ)
+
+    def error_code(self):
+        """The error code of the exception being intercepted (SVM EXITINFO1)."""
+        return struct.unpack_from("<I", self._ctx_save(), self.layout.error_code)[0]
+
+    def exit_info2(self):
+        return struct.unpack("<Q", self.uc.mem_read(VMCB + svm.CTRL_EXITINFO2, 8))[0]
+
+    def set_segments(self, changes):
+        """Load segment caches (CS and SS possibly changing CPL) the way QEMU's
+        cpu_x86_load_seg_cache does, in one write of the guest-state area.
+        ``changes``: {name: Segment}; SS is applied before CS, as hardware does in
+        interrupt delivery."""
+        ctx = self._ctx_save()
+        lay = self.layout
+        hflags = struct.unpack_from("<I", ctx, lay.hflags)[0]
+        cr0 = self.get_cr(0)
+        order = [n for n in ("ss", "es", "ds", "fs", "gs", "cs") if n in changes]
+        segs = {n: Segment(*(_SEGCACHE.unpack_from(ctx, lay.seg(n))[i] for i in (0, 2, 3, 4)))
+                for n in SEG_NAMES}
+        for name in order:
+            seg = changes[name]
+            segs[name] = seg
+            _SEGCACHE.pack_into(ctx, lay.seg(name), seg.selector, 0, seg.base, seg.limit, seg.flags)
+            if name == "cs":
+                if hflags & HF_LMA and seg.flags & DESC_L:
+                    hflags |= HF_CS32 | HF_SS32 | HF_CS64
+                else:
+                    hflags = (hflags & ~(HF_CS32 | HF_CS64)) | (HF_CS32 if seg.flags & DESC_B else 0)
+            if name == "ss":
+                hflags = (hflags & ~HF_CPL_MASK) | ((seg.flags >> 13) & 3)
+            new = HF_SS32 if segs["ss"].flags & DESC_B else 0
+            if hflags & HF_CS64:
+                pass
+            elif not (cr0 & CR0_PE) or not (hflags & HF_CS32):
+                new |= HF_ADDSEG
+            elif segs["ds"].base | segs["es"].base | segs["ss"].base:
+                new |= HF_ADDSEG
+            hflags = (hflags & ~(HF_SS32 | HF_ADDSEG)) | new
+        struct.pack_into("<I", ctx, lay.hflags, hflags)
+        lib.pv_write_frame(self._v)     # keep registers already changed in the frame
+        if lib.pv_ctx_restore(self._v):
+            raise EngineError("uc_context_restore failed")
+
+    def flush_tlb(self, address=None):
+        self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+
+    def flush_code(self, gpa, length):
+        if self.uc is not None:
+            self.uc.ctl_remove_cache(gpa, gpa + length)
+
+    def set_rdtsc_exiting(self, on):
+        if lib.pv_set_rdtsc_exiting(self._v, int(bool(on))):
+            raise EngineError("cannot change the RDTSC hook")
+
+    @property
+    def hook_ns(self):
+        return self._v.hook_ns
+
+    @property
+    def exits_seen(self):
+        return self._v.nexits
+
+
+# ---- calibration of the guest-state area (uc_context) ----
+
+class _Layout:
+    def __init__(self, segs, hflags, error_code):
+        self.segs, self.hflags, self.error_code = segs, hflags, error_code
+
+    def seg(self, name):
+        return self.segs + SEG_NAMES.index(name) * _SEGCACHE.size
+
+
+_layout = None
+_calib_lock = threading.Lock()
+
+
+def _find(blob, packed, what):
+    off = blob.find(packed)
+    if off < 0 or blob.find(packed, off + 1) >= 0:
+        raise EngineError(f"calibration: cannot locate {what} in the CPU context")
+    return off
+
+
+def _calibrate():
+    """Find the segment caches, hflags and error_code in a uc_context blob.
+
+    Writes distinctive values through Unicorn's register API and looks for them;
+    then checks the finding against a guest entered through VMRUN that takes
+    intercepted exceptions with known error codes.
+    """
+    global _layout
+    with _calib_lock:
+        if _layout is not None:
+            return _layout
+        uc = _new_uc()
+        uc.mem_map(0, 2 << 20)
+        uc.reg_write(X.UC_X86_REG_TR, (0x48, 0x7A5A3000, 0x67, 0x8B00))
+        ctx = bytes(uc.context_save())
+        tr_base = _find(ctx, struct.pack("<QII", 0x7A5A3000, 0x67, 0x8B00), "TR cache")
+        tr = tr_base - 8
+        segs = tr - 7 * _SEGCACHE.size                 # ES..GS, LDT, then TR
+        uc.reg_write(X.UC_X86_REG_FS_BASE, 0x1F5B_A5E0_0012_3400)
+        ctx = bytes(uc.context_save())
+        fs_base = struct.unpack_from("<Q", ctx, segs + 4 * _SEGCACHE.size + 8)[0]
+        if fs_base != 0x1F5B_A5E0_0012_3400:
+            raise EngineError("calibration: segment caches are not where TR suggests")
+        hflags = segs - 8
+        error_code = _calibrate_error_code(hflags)
+        _layout = _Layout(segs, hflags, error_code)
+        return _layout
+
+
+def _calibrate_error_code(hflags_off):
+    """Run a tiny guest in SVM guest mode that takes intercepted #GP with two
+    different error codes; the offset holding both is env->error_code."""
+    uc = _new_uc()
+    uc.mem_map(0, 2 << 20)
+    uc.mem_map(VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE)
+    # identity map 0..1 GiB with 2 MiB pages at 0x10000
+    uc.mem_write(0x10000, struct.pack("<Q", 0x11000 | 3))
+    uc.mem_write(0x11000, struct.pack("<Q", 0x12000 | 3))
+    uc.mem_write(0x12000, struct.pack("<512Q", *[(i << 21) | 0x83 for i in range(512)]))
+    uc.mem_write(0x2000, struct.pack("<4Q", 0, 0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF))
+    # guest: mov ds, [0x1000] (#GP(0x48): beyond the GDT limit)
+    #        mov ds, [0x1002] (#GP(0x50)) ; hlt      (selectors come from memory so no
+    #        general register holds the error code)
+    uc.mem_write(0x1000, struct.pack("<HH", 0x48, 0x50))
+    uc.mem_write(0x100000, b"\x8e\x1c\x25\x00\x10\x00\x00\x8e\x1c\x25\x02\x10\x00\x00\xf4")
+    entry = GuestEntry(rip=0x100000, rsp=0x8000, rflags=2, cr0=0x80000011, cr3=0x10000, cr4=0x20,
+                       efer=0x500, gdt=(0x2000, 31), idt=(0, 0), cs=(0x10, 0, 0xFFFFFFFF, 0xA9B),
+                       ds=(0x18, 0, 0xFFFFFFFF, 0xC93), exceptions=1 << 13,
+                       intercepts=svm.intercept_bit(svm.VMEXIT_HLT) | svm.intercept_bit(svm.VMEXIT_VMRUN))
+    _write_vmcb(uc, entry)
+    blobs, guest_flags = [], []
+
+    def intr(uc_, intno, ud):
+        if intno == svm.EXCP_VMEXIT + svm.VMEXIT_EXCP_BASE + 13:
+            blob = bytes(uc_.context_save())
+            blobs.append(blob)
+            guest_flags.append(struct.unpack_from("<I", blob, hflags_off)[0])
+            uc_.reg_write(X.UC_X86_REG_RIP, uc_.reg_read(X.UC_X86_REG_RIP) + 7)
+        else:
+            uc_.emu_stop()
+
+    uc.hook_add(unicorn.UC_HOOK_INTR, intr)
+    uc.emu_start(STUB, UNTIL, timeout=5_000_000)
+    if len(blobs) != 2:
+        raise EngineError(f"calibration guest took {len(blobs)} #GP exits instead of 2")
+    for hf in guest_flags:
+        if not (hf & HF_GUEST and hf & HF_CS64 and hf & HF_LMA):
+            raise EngineError(f"calibration: hflags {hf:#x} at the assumed offset do not show SVM guest mode")
+    a, b = blobs
+    cands = [o for o in range(0, len(a) - 3, 4)
+             if struct.unpack_from("<I", a, o)[0] == 0x48 and struct.unpack_from("<I", b, o)[0] == 0x50]
+    if len(cands) != 1:
+        raise EngineError(f"calibration: error_code offset ambiguous ({cands})")
+    return cands[0]
+
+
+def native_cpuid(leaf, subleaf=0):
+    """What the emulated CPU model (QEMU's EPYC) answers for CPUID, before policy."""
+    return _native_cpuid_cached(leaf, subleaf)
+
+
+_cpuid_cache = {}
+
+
+def _native_cpuid_cached(leaf, subleaf):
+    key = (leaf, subleaf)
+    if key not in _cpuid_cache:
+        uc = _new_uc()
+        uc.mem_map(0, 0x1000)
+        uc.mem_write(0, b"\x0f\xa2")                   # cpuid
+        uc.reg_write(X.UC_X86_REG_RAX, leaf)
+        uc.reg_write(X.UC_X86_REG_RCX, subleaf)
+        uc.emu_start(0, 2)
+        _cpuid_cache[key] = tuple(uc.reg_read(r) & 0xFFFFFFFF for r in (
+            X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
+    return _cpuid_cache[key]

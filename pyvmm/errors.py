@@ -1,0 +1,52 @@
+"""One error hierarchy for pyvmm.
+
+Every message says what was wrong and with which input (a file name, a port, an
+address), so the CLI can print it as one line and exit with status 2.
+"""
+
+
+class PyvmmError(Exception):
+    """Base class of every error pyvmm raises on purpose."""
+
+
+class ConfigError(PyvmmError):
+    """A VM configuration that cannot be built (bad memory size, unknown option)."""
+
+
+class BadImageError(PyvmmError):
+    """A kernel, initrd or disk image file that is malformed or does not fit.
+
+    ``path`` names the file; the message says what is wrong with it.
+    """
+
+    def __init__(self, path, problem):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class GuestMemoryError(PyvmmError):
+    """An access outside guest RAM (by the VMM on the guest's behalf)."""
+
+
+class GuestFault(PyvmmError):
+    """A fault the guest must see (an architectural exception to inject).
+
+    Raised by root-mode code (page walker, instruction emulation, MSR/CR checks)
+    and turned into an injected exception by the run loop.
+    """
+
+    def __init__(self, vector, error_code=None, cr2=None, why=""):
+        self.vector = vector
+        self.error_code = error_code
+        self.cr2 = cr2
+        self.why = why
+        super().__init__(f"guest fault vector {vector} error_code={error_code} cr2={cr2} {why}")
+
+
+class GuestStopped(PyvmmError):
+    """The guest was stopped by the VMM (triple fault, halted with IF=0, ...)."""
+
+
+class EngineError(PyvmmError):
+    """The CPU engine (Unicorn) refused an operation the VMM asked of it."""
