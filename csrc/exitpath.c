@@ -5,28 +5,15 @@
 #include <stdbool.h>
 #include "exitpath.h"
 
-/* Register ids from unicorn/x86.h (enum uc_x86_reg), Unicorn 2.1.4. */
-#define UC_X86_REG_EFLAGS 25
-#define UC_X86_REG_RAX 35
-#define UC_X86_REG_RBP 36
-#define UC_X86_REG_RBX 37
-#define UC_X86_REG_RCX 38
-#define UC_X86_REG_RDI 39
-#define UC_X86_REG_RDX 40
-#define UC_X86_REG_RIP 41
-#define UC_X86_REG_RSI 43
-#define UC_X86_REG_RSP 44
-#define UC_X86_REG_R8 106
-
-/* Hook types and instruction ids from unicorn/unicorn.h and unicorn/x86.h. */
+/* Hook types from unicorn/unicorn.h (enum uc_hook_type). Register and instruction
+ * ids are passed in by pv_bind() from the unicorn package's x86_const, so this file
+ * holds no copy of those enums. */
 #define UC_HOOK_INTR (1 << 0)
 #define UC_HOOK_INSN (1 << 1)
 #define UC_HOOK_INSN_INVALID (1 << 14)
-#define UC_X86_INS_IN 218
-#define UC_X86_INS_OUT 500
-#define UC_X86_INS_SYSCALL 699
-#define UC_X86_INS_CPUID 88
-#define UC_X86_INS_RDTSC 609
+
+enum { INS_CPUID, INS_IN, INS_OUT, INS_SYSCALL, INS_RDTSC, NINS };
+static int insn_ids[NINS];
 
 static int (*p_reg_read_batch)(void *, int *, void **, int);
 static int (*p_reg_write_batch)(void *, int *, void *const *, int);
@@ -45,7 +32,7 @@ static uint64_t pv_exit(pv_vcpu *v, int kind, uint64_t a, uint64_t b, uint64_t c
 
 static const char *bind_error = "not bound";
 
-const char *pv_bind(const char *libpath)
+const char *pv_bind(const char *libpath, const int *regs, const int *insns)
 {
     void *h = dlopen(libpath, RTLD_NOW | RTLD_NOLOAD);
     if (!h)
@@ -64,12 +51,8 @@ const char *pv_bind(const char *libpath)
     SYM(p_context_restore, "uc_context_restore");
     SYM(p_context_size, "uc_context_size");
 #undef SYM
-    int ids[PV_NREGS] = {UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX,
-                         UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_RBP, UC_X86_REG_RSP,
-                         UC_X86_REG_R8, UC_X86_REG_R8 + 1, UC_X86_REG_R8 + 2, UC_X86_REG_R8 + 3,
-                         UC_X86_REG_R8 + 4, UC_X86_REG_R8 + 5, UC_X86_REG_R8 + 6, UC_X86_REG_R8 + 7,
-                         UC_X86_REG_RIP, UC_X86_REG_EFLAGS};
-    memcpy(regids, ids, sizeof ids);
+    memcpy(regids, regs, sizeof regids);
+    memcpy(insn_ids, insns, sizeof insn_ids);
     bind_error = NULL;
     return NULL;
 }
@@ -144,14 +127,14 @@ int pv_attach(pv_vcpu *v, int want_rdtsc)
 #define ADD(type, cb, ...) do { \
         err = p_hook_add(v->uc, &v->hooks[v->nhooks], type, (void *)cb, v, (uint64_t)1, (uint64_t)0, ##__VA_ARGS__); \
         if (err) return err; v->nhooks++; } while (0)
-    ADD(UC_HOOK_INSN, cb_cpuid, UC_X86_INS_CPUID);
-    ADD(UC_HOOK_INSN, cb_in, UC_X86_INS_IN);
-    ADD(UC_HOOK_INSN, cb_out, UC_X86_INS_OUT);
-    ADD(UC_HOOK_INSN, cb_syscall, UC_X86_INS_SYSCALL);
+    ADD(UC_HOOK_INSN, cb_cpuid, insn_ids[INS_CPUID]);
+    ADD(UC_HOOK_INSN, cb_in, insn_ids[INS_IN]);
+    ADD(UC_HOOK_INSN, cb_out, insn_ids[INS_OUT]);
+    ADD(UC_HOOK_INSN, cb_syscall, insn_ids[INS_SYSCALL]);
     ADD(UC_HOOK_INSN_INVALID, cb_invalid);
     ADD(UC_HOOK_INTR, cb_intr);
     if (want_rdtsc)
-        ADD(UC_HOOK_INSN, cb_rdtsc, UC_X86_INS_RDTSC);
+        ADD(UC_HOOK_INSN, cb_rdtsc, insn_ids[INS_RDTSC]);
 #undef ADD
     if (!v->ctx) {
         err = p_context_alloc(v->uc, &v->ctx);
@@ -168,7 +151,7 @@ int pv_set_rdtsc_exiting(pv_vcpu *v, int on)
     int have = v->nhooks == 7;
     if (on && !have) {
         err = p_hook_add(v->uc, &v->hooks[v->nhooks], UC_HOOK_INSN, (void *)cb_rdtsc, v,
-                         (uint64_t)1, (uint64_t)0, UC_X86_INS_RDTSC);
+                         (uint64_t)1, (uint64_t)0, insn_ids[INS_RDTSC]);
         if (!err) v->nhooks++;
         return err;
     }

@@ -26,7 +26,7 @@ typedef struct pv_vcpu {
     int stop_requested;
 } pv_vcpu;
 extern "Python" uint64_t pv_exit(pv_vcpu *v, int kind, uint64_t a, uint64_t b, uint64_t c);
-const char *pv_bind(const char *libpath);
+const char *pv_bind(const char *libpath, const int *regs, const int *insns);
 int pv_attach(pv_vcpu *v, int want_rdtsc);
 int pv_set_rdtsc_exiting(pv_vcpu *v, int on);
 void pv_detach(pv_vcpu *v);

@@ -86,7 +86,9 @@ _bound = False
 def _bind():
     global _bound
     if not _bound:
-        err = lib.pv_bind(_ucmod.uclib._name.encode())
+        regs = [getattr(X, "UC_X86_REG_" + r.upper()) for r in GPRS + ("rip", "rflags")]
+        insns = [X.UC_X86_INS_CPUID, X.UC_X86_INS_IN, X.UC_X86_INS_OUT, X.UC_X86_INS_SYSCALL, X.UC_X86_INS_RDTSC]
+        err = lib.pv_bind(_ucmod.uclib._name.encode(), ffi.new("int[]", regs), ffi.new("int[]", insns))
         if err != ffi.NULL:
             raise EngineError(f"cannot bind the exit fast path to libunicorn: {ffi.string(err).decode()}")
         _bound = True
@@ -371,10 +373,11 @@ class Engine:
         cpu_x86_load_seg_cache does, in one write of the guest-state area.
         ``changes``: {name: Segment}; SS is applied before CS, as hardware does in
         interrupt delivery."""
+        lib.pv_write_frame(self._v)     # registers changed in the frame go in first
+        cr0 = self.get_cr(0)
         ctx = self._ctx_save()
         lay = self.layout
         hflags = struct.unpack_from("<I", ctx, lay.hflags)[0]
-        cr0 = self.get_cr(0)
         order = [n for n in ("ss", "es", "ds", "fs", "gs", "cs") if n in changes]
         segs = {n: Segment(*(_SEGCACHE.unpack_from(ctx, lay.seg(n))[i] for i in (0, 2, 3, 4)))
                 for n in SEG_NAMES}
@@ -398,7 +401,6 @@ class Engine:
                 new |= HF_ADDSEG
             hflags = (hflags & ~(HF_SS32 | HF_ADDSEG)) | new
         struct.pack_into("<I", ctx, lay.hflags, hflags)
-        lib.pv_write_frame(self._v)     # keep registers already changed in the frame
         if lib.pv_ctx_restore(self._v):
             raise EngineError("uc_context_restore failed")
 

@@ -1,0 +1,148 @@
+"""The pyvmm command line: boot, trace.
+
+    pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats]
+    pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
+
+Exit status: 0 when the guest powers off cleanly, 2 for bad input (a one-line
+error naming the file and the problem), otherwise non-zero with the reason.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from pyvmm.cpu.exits import EXCEPTION_NAMES, SHORT_OF, decode_intr_info
+from pyvmm.errors import PyvmmError
+
+GUESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests", "build")
+DEFAULT_KERNEL = os.path.join(GUESTS, "hello.elf")
+_EXC_BY_NAME = {v.lstrip("#").lower(): k for k, v in EXCEPTION_NAMES.items()}
+
+
+def _exception_bitmap(text):
+    bitmap = 0
+    for name in filter(None, (text or "").split(",")):
+        name = name.strip().lower()
+        if name == "all":
+            return 0xFFFFFFFF
+        if name not in _EXC_BY_NAME:
+            raise PyvmmError(f"--exceptions: unknown exception {name!r} (known: {', '.join(sorted(_EXC_BY_NAME))}, all)")
+        bitmap |= 1 << _EXC_BY_NAME[name]
+    return bitmap
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="pyvmm", description="x86 paravirtual hypervisor emulator")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, kernel_optional):
+        if kernel_optional:
+            sp.add_argument("kernel", nargs="?", default=DEFAULT_KERNEL, help="ELF or bzImage (default: hello guest)")
+        else:
+            sp.add_argument("kernel", help="ELF or bzImage kernel")
+        sp.add_argument("initrd", nargs="?", default=None)
+        sp.add_argument("--cmdline", default="")
+        sp.add_argument("-m", "--memory", default="64M")
+        sp.add_argument("--stats", action="store_true", help="print exits by reason at the end")
+        sp.add_argument("--exceptions", default="", help="exception bitmap: de,ud,gp,pf,bp,... or all")
+        sp.add_argument("--rdtsc-exiting", action="store_true")
+
+    common(sub.add_parser("boot", help="boot a kernel and show its console"), True)
+    tr = sub.add_parser("trace", help="boot a kernel, printing one line per VM exit")
+    common(tr, False)
+    tr.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    return p
+
+
+def _config(args, console):
+    from pyvmm.machine import VmConfig
+    return VmConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=args.memory,
+                    exception_bitmap=_exception_bitmap(args.exceptions), rdtsc_exiting=args.rdtsc_exiting,
+                    console=console)
+
+
+def describe_exit(vcpu, ex):
+    """(instruction text, qualification text) for a trace line."""
+    from pyvmm.cpu.decode import decode
+    from pyvmm.cpu.exits import ExitReason, decode_cr_qualification, decode_io_qualification
+    insn = ""
+    if ex.insn_len:
+        try:
+            i = decode(vcpu.mem, vcpu.paging(), ex.rip, vcpu._bits())
+            insn = i.text if i else "?"
+        except PyvmmError:
+            insn = "?"
+    q = ""
+    if ex.reason == ExitReason.IO_INSTRUCTION:
+        d = decode_io_qualification(ex.qualification)
+        q = (f"port={d['port']:#x} size={d['size']} {'in' if d['in'] else 'out'}"
+             + (" string" if d["string"] else "") + (" rep" if d["rep"] else "") + (" imm" if d["imm"] else " dx"))
+    elif ex.reason == ExitReason.CR_ACCESS:
+        d = decode_cr_qualification(ex.qualification)
+        q = f"cr={d['cr']} access={('mov-to', 'mov-from', 'clts', 'lmsw')[d['access']]} gpr={d['gpr']}"
+    elif ex.reason == ExitReason.EXCEPTION_NMI:
+        d = decode_intr_info(ex.intr_info)
+        q = f"vector={d['vector']} ({EXCEPTION_NAMES.get(d['vector'], '?')}) type={d['type']}"
+        if d["error_valid"]:
+            q += f" error={ex.intr_error:#x}"
+        if d["vector"] == 14:
+            q += f" cr2={ex.gla:#x}"
+    elif ex.reason == ExitReason.INVLPG:
+        q = f"linear={ex.gla:#x}"
+    return insn, q
+
+
+def _trace_observer(as_json, out):
+    def observer(vcpu, ex, res, ns):
+        insn, q = describe_exit(vcpu, ex)
+        if as_json:
+            out.write(json.dumps({"seq": ex.seq, "reason": ex.reason.name, "reason_number": int(ex.reason),
+                                  "sdm_name": ex.reason.sdm_name, "rip": ex.rip, "insn": insn,
+                                  "qualification": ex.qualification, "decoded": q, "action": res.describe(),
+                                  "ns": ns}) + "\n")
+        else:
+            out.write(f"{ex.seq:6d} {ex.reason.name}({int(ex.reason)}) rip={ex.rip:#x} [{insn}] {q} -> {res.describe()}\n")
+        out.flush()
+    return observer
+
+
+def print_stats(vcpu, out):
+    out.write(f"{'exit reason':<28} {'count':>9} {'mean ns':>10}\n")
+    for reason, count, mean in vcpu.stats.rows():
+        out.write(f"{reason.name + '(' + str(int(reason)) + ')':<28} {count:>9} {mean:>10.0f}\n")
+    out.write(f"{'total':<28} {vcpu.stats.total:>9}\n")
+    out.write(f"events delivered to the guest IDT: {vcpu.events_delivered} (external interrupts {vcpu.irqs_injected})\n")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    from pyvmm.machine import Machine
+    console = None
+    if args.command == "trace" and not args.json:
+        console = lambda data: sys.stdout.write(data.decode(errors="replace"))  # noqa: E731
+    try:
+        machine = Machine(_config(args, console))
+    except PyvmmError as e:
+        print(f"pyvmm: {e}", file=sys.stderr)
+        return 2
+    if args.command == "trace":
+        machine.add_observer(_trace_observer(args.json, sys.stdout))
+    try:
+        status, reason = machine.run()
+    except KeyboardInterrupt:
+        status, reason = 130, "interrupted"
+    sys.stdout.flush()
+    if args.stats:
+        print_stats(machine.vcpu, sys.stderr)
+    if status != 0:
+        print(f"pyvmm: guest stopped: {reason}", file=sys.stderr)
+        for ex, res in machine.vcpu.last_exits[-8:]:
+            print(f"  last exits: #{ex.seq} {ex.reason.name} rip={ex.rip:#x} -> {res.describe()}", file=sys.stderr)
+    else:
+        print(f"pyvmm: {reason}", file=sys.stderr)
+    return min(status, 255) if status else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The vCPU: the run loop, exits turned into Exit records, event injection, timers.
+
+Root mode is this module: the engine (cpu/_unicorn.py) calls ``_on_exit`` from inside
+the guest's execution for every trap; ``_on_exit`` classifies it into an Exit
+(cpu/exits.py), dispatches it through the handler table (cpu/handlers.py), records
+statistics, lets observers (trace, the lab stepper) see it, and delivers any event
+the handler queued. The run loop around ``Engine.run`` handles what happens
+between slices of guest execution: timer interrupts from the PIT through the PIC,
+the interrupt window, HLT (sleep until the next interrupt), the preemption timer.
+
+Invariants: an event is delivered only at an instruction boundary outside a
+translated block (in the loop, or in an exception/intercept exit); exits taken in
+the middle of a block (CPUID, port I/O) only queue events and ask the engine to
+stop. The guest never sees the VMM's exceptions: a bug in root mode stops the VM
+with the reason.
+"""
+
+import threading
+import time
+
+from pyvmm.cpu import events
+from pyvmm.cpu._unicorn import PV_CPUID, PV_IN, PV_INTR, PV_INVALID, PV_OUT, PV_RDTSC, PV_SYSCALL
+from pyvmm.cpu import svm
+from pyvmm.cpu.decode import cr_operands, decode, io_form, memory_operand_address
+from pyvmm.cpu.exits import (BP, CR_CLTS, CR_LMSW, CR_MOV_TO, ERROR_CODE_VECTORS, OF, PF, UD, Exit, ExitReason,
+                             cr_qualification, intr_info, io_qualification, INTR_TYPE_HW_EXCEPTION,
+                             INTR_TYPE_SW_EXCEPTION)
+from pyvmm.cpu.handlers import EXIT_HANDLERS, Shutdown, handle_exit
+from pyvmm.cpu.state import EFER_LMA, RFLAGS_IF
+from pyvmm.errors import GuestFault, GuestMemoryError
+from pyvmm.mm.pagewalk import Paging, read_linear
+
+_perf = time.perf_counter_ns
+_R = ExitReason
+VMCALL_BYTES = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")     # VMCALL (Intel), VMMCALL (AMD)
+WINDOW_POLL_NS = 200_000
+
+
+class ExitStats:
+    """Exits by reason: count and total handling time (ns)."""
+
+    def __init__(self):
+        self.count = {}
+        self.ns = {}
+
+    def add(self, reason, ns):
+        self.count[reason] = self.count.get(reason, 0) + 1
+        self.ns[reason] = self.ns.get(reason, 0) + ns
+
+    def rows(self):
+        return sorted(((r, self.count[r], self.ns[r] / self.count[r]) for r in self.count),
+                      key=lambda row: -row[1])
+
+    @property
+    def total(self):
+        return sum(self.count.values())
+
+
+class Ticker(threading.Thread):
+    """A host timer: kicks the engine out of guest mode at a deadline (the way a
+    host timer interrupt causes an external-interrupt VM exit)."""
+
+    def __init__(self, engine):
+        super().__init__(name="pyvmm-ticker", daemon=True)
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._deadline = None
+        self._quit = False
+        self.fired = False
+
+    def arm(self, deadline_ns):
+        with self._cond:
+            self._deadline = deadline_ns
+            self.fired = False
+            self._cond.notify()
+
+    def stop(self):
+        with self._cond:
+            self._quit = True
+            self._cond.notify()
+
+    def run(self):
+        with self._cond:
+            while not self._quit:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                delay = (self._deadline - time.monotonic_ns()) / 1e9
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                self._deadline = None
+                self.fired = True
+                self.engine.kick()
+
+
+class Vcpu:
+    """One virtual CPU of a Machine."""
+
+    def __init__(self, engine, mem, platform, cpuid, msrs, hypercalls, controls, console_write):
+        self.engine = engine
+        self.cpu = engine
+        self.regs = engine.regs
+        self.mem = mem
+        self.platform = platform
+        self.io = platform.io
+        self.cpuid = cpuid
+        self.msrs = msrs
+        self.hypercalls = hypercalls
+        self.controls = controls
+        self.console_write = console_write
+        self.handlers = dict(EXIT_HANDLERS)
+        self.observers = []
+        self.stats = ExitStats()
+        self.seq = 0
+        self.halted = False
+        self.stopped = False
+        self.status = None
+        self.reason = None
+        self.last_exits = []          # the last few (Exit, note) for post-mortems
+        self.events_delivered = 0
+        self.irqs_injected = 0
+        self._io_forms = {}
+        self._ticker = Ticker(engine)
+        self._preempt_deadline = None
+        self._window_wanted = False
+        self._tsc_base = time.monotonic_ns()
+        self._started = False
+        engine.on_exit = self._on_exit
+
+    # ---- services for handlers ----
+    @property
+    def long_mode(self):
+        return bool(self.cpu.efer & EFER_LMA)
+
+    def paging(self):
+        return Paging.of(self.cpu)
+
+    def read_linear(self, vaddr, length):
+        return read_linear(self.mem, self.paging(), vaddr, length, user=self.cpu.cpl == 3)
+
+    def inject(self, event):
+        """Queue an event for delivery at the next possible point (entry)."""
+        self.controls.entry_event = event
+
+    def halt(self):
+        self.halted = True
+
+    def guest_tsc(self):
+        return (time.monotonic_ns() - self._tsc_base) * 2 + self.controls.tsc_offset   # a 2 GHz TSC
+
+    def request_stop(self, status, reason):
+        if not self.stopped:
+            self.stopped, self.status, self.reason = True, status, reason
+        self.engine.kick()
+
+    # ---- the exit path ----
+    def _on_exit(self, kind, a, b, c):
+        """Called by the engine for every trap; returns the IN value / handled flag."""
+        try:
+            regs = self.regs
+            self.seq += 1
+            in_block = True
+            if kind == PV_CPUID:
+                ex = Exit(_R.CPUID, 0, regs.rip, 2, seq=self.seq)
+            elif kind == PV_IN or kind == PV_OUT:
+                rip = regs.rip
+                form = self._io_forms.get(rip)
+                if form is None:
+                    form = self._io_forms[rip] = self._decode_io(rip)
+                q = io_qualification(a, b, kind == PV_IN, *form[:3])
+                ex = Exit(_R.IO_INSTRUCTION, q, rip, form[3], value=c, seq=self.seq)
+            elif kind == PV_INTR:
+                in_block = False
+                ex = self._classify_intr(a)
+            elif kind == PV_INVALID:
+                in_block = False
+                ex = self._classify_ud(None)
+            elif kind == PV_RDTSC:
+                ex = Exit(_R.RDTSC, 0, regs.rip, 2, seq=self.seq)
+            elif kind == PV_SYSCALL:
+                self.request_stop(1, f"SYSCALL at RIP {regs.rip:#x}: not emulated yet")
+                return 0
+            else:
+                raise AssertionError(f"unknown exit kind {kind}")
+            if ex is None:
+                return 1
+            return self._dispatch(ex, in_block)
+        except Exception as e:                      # a root-mode bug: stop, keep the reason
+            import traceback
+            self.request_stop(3, f"VMM error while handling an exit: {e!r}")
+            self.crash_traceback = traceback.format_exc()
+            return 0
+
+    def _dispatch(self, ex, in_block):
+        t0 = _perf()
+        res = handle_exit(self, ex)
+        dt = _perf() - t0
+        self.stats.add(ex.reason, dt)
+        if not in_block and res.advance and ex.insn_len:
+            self.regs.rip = (self.regs.rip + ex.insn_len) & 0xFFFF_FFFF_FFFF_FFFF
+        self.last_exits.append((ex, res))
+        if len(self.last_exits) > 16:
+            del self.last_exits[0]
+        for observer in self.observers:
+            observer(self, ex, res, dt)
+        if isinstance(res, Shutdown):
+            self.request_stop(res.status, res.reason)
+        elif self.controls.entry_event is not None:
+            if in_block:
+                self.engine.stop_from_exit()
+            else:
+                self._deliver_pending()
+        if self.halted or self.stopped:
+            self.engine.stop_from_exit()
+        return res.value
+
+    def _decode_io(self, rip):
+        insn_len = 1
+        try:
+            insn = decode(self.mem, self.paging(), rip, self._bits())
+            if insn is not None:
+                insn_len = insn.size
+                return io_form(insn.raw) + (insn_len,)
+        except (GuestFault, GuestMemoryError):
+            pass
+        return (False, False, False, insn_len)
+
+    def _bits(self):
+        if self.long_mode and self.cpu.get_segment("cs").flags & (1 << 21):
+            return 64
+        return 32
+
+    def _insn(self, rip):
+        try:
+            return decode(self.mem, self.paging(), rip, self._bits())
+        except (GuestFault, GuestMemoryError):
+            return None
+
+    def _classify_intr(self, intno):
+        regs, seq = self.regs, self.seq
+        rip = regs.rip
+        if intno < svm.EXCP_VMEXIT:
+            return self._software_interrupt(intno)
+        code = intno - svm.EXCP_VMEXIT
+        if svm.VMEXIT_EXCP_BASE <= code < svm.VMEXIT_EXCP_BASE + 32:
+            vector = code - svm.VMEXIT_EXCP_BASE
+            if vector == UD:
+                return self._classify_ud(rip)
+            err = self.engine.error_code() if vector in ERROR_CODE_VECTORS else None
+            cr2 = self.engine.exit_info2() if vector == PF else None
+            if self.controls.exception_bitmap & (1 << vector):
+                return Exit(_R.EXCEPTION_NMI, cr2 or 0, rip, 0, intr_info(vector, INTR_TYPE_HW_EXCEPTION, err is not None),
+                            err or 0, gla=cr2 or 0, seq=seq)
+            self.inject(events.Event(vector, events.HW_EXCEPTION, err, cr2))
+            self._deliver_pending()
+            return None
+        if svm.VMEXIT_CR0_WRITE <= code < svm.VMEXIT_CR0_WRITE + 16:
+            insn = self._insn(rip)
+            if insn is None:
+                self.request_stop(1, f"cannot decode the CR write at RIP {rip:#x}")
+                return None
+            if insn.mnemonic == "clts":
+                q = cr_qualification(0, CR_CLTS)
+            elif insn.mnemonic == "lmsw":
+                ops = cr_operands(insn)
+                q = cr_qualification(0, CR_LMSW, lmsw_data=self._lmsw_source(insn))
+            else:
+                cr, gpr, _ = cr_operands(insn)
+                q = cr_qualification(cr, CR_MOV_TO, gpr)
+            return Exit(_R.CR_ACCESS, q, rip, insn.size, seq=seq)
+        if code == svm.VMEXIT_MSR:
+            is_write = self.engine.error_code() == 1
+            return Exit(_R.WRMSR if is_write else _R.RDMSR, 0, rip, 2, seq=seq)
+        if code == svm.VMEXIT_HLT:
+            return Exit(_R.HLT, 0, rip, 1, seq=seq)
+        if code == svm.VMEXIT_INVLPG:
+            insn = self._insn(rip)
+            gla = memory_operand_address(insn, regs) if insn is not None else 0
+            return Exit(_R.INVLPG, gla, rip, insn.size if insn else 3, gla=gla, seq=seq)
+        if code == svm.VMEXIT_SHUTDOWN:
+            return Exit(_R.TRIPLE_FAULT, 0, rip, 0, seq=seq)
+        if code == svm.VMEXIT_WBINVD:
+            return Exit(_R.WBINVD, 0, rip, 2, seq=seq)
+        if code == svm.VMEXIT_VMMCALL:
+            return Exit(_R.VMCALL, 0, rip, 3, seq=seq)
+        self.request_stop(1, f"unexpected intercept (SVM exit code {code:#x}) at RIP {rip:#x}")
+        return None
+
+    def _lmsw_source(self, insn):
+        from pyvmm.cpu.decode import _GPR_NUM
+        from pyvmm.cpu.exits import GPR_NAMES
+        op = insn.cs_insn.operands[0]
+        return getattr(self.regs, GPR_NAMES[_GPR_NUM.get(op.reg, 0)]) & 0xFFFF if op.type == 1 else 0
+
+    def _classify_ud(self, rip):
+        rip = self.regs.rip if rip is None else rip
+        try:
+            raw = read_linear(self.mem, self.paging(), rip, 3, fetch=True)
+        except (GuestFault, GuestMemoryError):
+            raw = b""
+        if raw in VMCALL_BYTES:
+            return Exit(_R.VMCALL, 0, rip, 3, seq=self.seq)
+        if self.controls.exception_bitmap & (1 << UD):
+            return Exit(_R.EXCEPTION_NMI, 0, rip, 0, intr_info(UD, INTR_TYPE_HW_EXCEPTION), seq=self.seq)
+        self.inject(events.Event(UD, events.HW_EXCEPTION))
+        self._deliver_pending()
+        return None
+
+    def _software_interrupt(self, vector):
+        """INT n / INT3 / INTO: Unicorn reports them with RIP already past the
+        instruction. Hardware delivers them without an exit, except #BP/#OF when
+        the exception bitmap says so (SDM Vol. 3C, 25.2)."""
+        rip = self.regs.rip
+        try:
+            prev = read_linear(self.mem, self.paging(), rip - 2, 2, fetch=True)
+        except (GuestFault, GuestMemoryError):
+            prev = b"\0\0"
+        if prev[1] == 0xCC and vector == BP:
+            kind, length = events.SW_EXCEPTION, 1
+        elif prev[1] == 0xCE and vector == OF:
+            kind, length = events.SW_EXCEPTION, 1
+        else:
+            kind, length = events.SW_INTERRUPT, 2
+        if kind == events.SW_EXCEPTION and self.controls.exception_bitmap & (1 << vector):
+            return Exit(_R.EXCEPTION_NMI, 0, rip - length, length, intr_info(vector, INTR_TYPE_SW_EXCEPTION),
+                        seq=self.seq)
+        self.inject(events.Event(vector, kind))
+        self._deliver_pending()
+        return None
+
+    def _deliver_pending(self):
+        event = self.controls.entry_event
+        if event is None:
+            return
+        self.controls.entry_event = None
+        try:
+            events.deliver_event(self.cpu, self.mem, event)
+            self.events_delivered += 1
+        except events.TripleFault as tf:
+            self.seq += 1
+            ex = Exit(_R.TRIPLE_FAULT, 0, self.regs.rip, 0, seq=self.seq)
+            self._dispatch_fault(ex, tf.why)
+
+    def _dispatch_fault(self, ex, why):
+        res = handle_exit(self, ex)
+        self.stats.add(ex.reason, 0)
+        self.last_exits.append((ex, res))
+        for observer in self.observers:
+            observer(self, ex, res, 0)
+        if isinstance(res, Shutdown):
+            self.request_stop(res.status, f"{res.reason}: {why}")
+
+    # ---- the run loop ----
+    def run(self):
+        """Run until the guest stops; returns (status, reason)."""
+        if not self._started:
+            self._ticker.start()
+            self._started = True
+        try:
+            while not self.stopped:
+                if self.halted and not self._wait_for_interrupt():
+                    break
+                self._enter()
+                if self.stopped:
+                    break
+                self.engine.run()
+                self._after_slice()
+        finally:
+            self._ticker.arm(None)
+        return self.status, self.reason
+
+    def _enter(self):
+        now = time.monotonic_ns()
+        self.platform.tick(now)
+        if self.controls.entry_event is not None:
+            self._deliver_pending()
+        else:
+            self._inject_irq()
+        deadline = self.platform.next_deadline(now)
+        if self.controls.preemption_timer_ns is not None and self._preempt_deadline is None:
+            self._preempt_deadline = now + self.controls.preemption_timer_ns
+        for d in (self._preempt_deadline, now + WINDOW_POLL_NS if self._window_wanted else None):
+            if d is not None and (deadline is None or d < deadline):
+                deadline = d
+        self._ticker.arm(deadline)
+
+    def _inject_irq(self):
+        pic = self.platform.pic
+        if not pic.has_pending():
+            self._window_wanted = False
+            return
+        if self.regs.rflags & RFLAGS_IF and not self.engine.interrupt_shadow:
+            if self._window_wanted or self.controls.interrupt_window_exiting:
+                self._window_wanted = False
+                self.seq += 1
+                self._dispatch(Exit(_R.INTERRUPT_WINDOW, 0, self.regs.rip, 0, seq=self.seq), False)
+                if self.stopped:
+                    return
+            vector = pic.acknowledge()
+            self.inject(events.Event(vector, events.EXTERNAL))
+            self.irqs_injected += 1
+            self._deliver_pending()
+        else:
+            self._window_wanted = True
+
+    def _after_slice(self):
+        if self.stopped:
+            return
+        now = time.monotonic_ns()
+        if self._preempt_deadline is not None and now >= self._preempt_deadline:
+            self._preempt_deadline = None
+            self.seq += 1
+            self._dispatch(Exit(_R.PREEMPTION_TIMER, 0, self.regs.rip, 0, seq=self.seq), False)
+        elif self._ticker.fired:
+            self._ticker.fired = False
+            self.platform.tick(now)
+            if self.platform.pic.has_pending() and not self._window_wanted:
+                self.seq += 1
+                self._dispatch(Exit(_R.EXTERNAL_INTERRUPT, 0, self.regs.rip, 0, seq=self.seq), False)
+
+    def _wait_for_interrupt(self):
+        """HLT: sleep until an interrupt is pending. False if none can ever come."""
+        pic = self.platform.pic
+        while not self.stopped:
+            now = time.monotonic_ns()
+            self.platform.tick(now)
+            if pic.has_pending():
+                self.halted = False
+                return True
+            deadline = self.platform.next_deadline(now)
+            if deadline is None and not self.platform.can_wake():
+                self.request_stop(1, "guest halted with no interrupt source armed: nothing can wake it")
+                return False
+            wait_ns = 10_000_000 if deadline is None else max(0, deadline - now)
+            self.platform.wait(wait_ns / 1e9)
+        return False
+
+    def close(self):
+        self._ticker.stop()

@@ -1,0 +1,198 @@
+"""Machine: builds a VM from a VmConfig and runs it.
+
+A Machine owns guest RAM, the CPU engine, the platform devices (UART, PIC, PIT,
+CMOS, power) on an I/O bus, and one Vcpu. From Python:
+
+    m = Machine(VmConfig(kernel="guests/build/hello.elf"))
+    m.set_handler(ExitReason.CPUID, my_cpuid)      # a student's handler
+    for ex in m.exits():                           # one exit at a time
+        ...
+    status, reason = m.result
+
+or simply ``status, reason = m.run()``.
+"""
+
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pyvmm.boot.loader import load_kernel
+from pyvmm.cpu import _unicorn
+from pyvmm.cpu.cpuid import CpuidPolicy, version_word
+from pyvmm.cpu.msr import MsrTable
+from pyvmm.cpu.svm import VMEXIT_HLT, VMEXIT_INVLPG, VMEXIT_MSR, VMEXIT_SHUTDOWN, VMEXIT_VMMCALL, VMEXIT_VMRUN, \
+    VMEXIT_WBINVD, intercept_bit
+from pyvmm.cpu.vcpu import Vcpu
+from pyvmm.cpu.vmcs import VmcsControls
+from pyvmm.devices.bus import IoBus
+from pyvmm.devices.cmos import Mc146818
+from pyvmm.devices.irq import IrqLine
+from pyvmm.devices.pic import PicPair
+from pyvmm.devices.pit import I8254
+from pyvmm.devices.power import PowerControl
+from pyvmm.devices.serial import Serial16550
+from pyvmm.devices.sysctl import SystemControlB
+from pyvmm.mm.memory import GuestMemory, parse_size
+from pyvmm.pv.hypercall import Hypercalls
+
+ALL_EXCEPTIONS = 0xFFFFFFFF
+
+
+@dataclass
+class VmConfig:
+    kernel: str
+    initrd: Optional[str] = None
+    cmdline: str = ""
+    memory: str = "64M"
+    exception_bitmap: int = 0
+    rdtsc_exiting: bool = False
+    console: object = None          # callable(bytes); default: stdout
+    stdin: bool = False             # feed the host's stdin to COM1
+    extra: dict = field(default_factory=dict)
+
+
+class Platform:
+    """The PC devices a guest sees, on one I/O bus (docs/platform.md)."""
+
+    def __init__(self, ram_size, console, on_power, clock=time.monotonic_ns):
+        self.io = IoBus()
+        self.pic = PicPair()
+        self.pit = I8254(clock, irq=IrqLine(self.pic, 0))
+        self.serial = Serial16550(console, irq=IrqLine(self.pic, 4))
+        self.cmos = Mc146818(time.time, ram_size)
+        self.power = PowerControl(on_power)
+        self.sysctl = SystemControlB(self.pit)
+        for dev in (self.pic, self.pit, self.serial, self.cmos, self.power, self.sysctl):
+            self.io.register(dev)
+        self._wake = threading.Event()
+        self.input_attached = False
+
+    def tick(self, now):
+        self.pit.advance(now)
+
+    def next_deadline(self, now):
+        return self.pit.next_deadline_ns(now)
+
+    def can_wake(self):
+        return self.input_attached
+
+    def wait(self, seconds):
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def feed_input(self, data):
+        self.serial.feed(data)
+        self._wake.set()
+
+
+class Machine:
+    def __init__(self, config):
+        self.config = config
+        self.memory = GuestMemory(parse_size(config.memory))
+        self.boot = load_kernel(config.kernel, self.memory, initrd=config.initrd, cmdline=config.cmdline)
+        console = config.console or _stdout_console
+        self.console = console
+        self.platform = Platform(self.memory.size, console, self._on_power)
+        self.engine = _unicorn.Engine(self.memory)
+        controls = VmcsControls(exception_bitmap=config.exception_bitmap, rdtsc_exiting=config.rdtsc_exiting)
+        self.vcpu = Vcpu(self.engine, self.memory, self.platform, CpuidPolicy(_unicorn.native_cpuid), MsrTable(),
+                         Hypercalls(version_word()), controls, console)
+        if config.rdtsc_exiting:
+            self.engine.set_rdtsc_exiting(True)
+        self.engine.enter(self._guest_entry())
+        self.result = None
+        if config.stdin:
+            self._start_stdin()
+
+    def _guest_entry(self):
+        e = self.boot.entry
+        return _unicorn.GuestEntry(
+            rip=e.rip, rsp=e.rsp, rflags=e.rflags, cr0=e.cr0, cr3=e.cr3, cr4=e.cr4, efer=e.efer,
+            gdt=(e.gdt_base, e.gdt_limit), idt=(e.idt_base, e.idt_limit),
+            cs=(e.cs,) + tuple(e.code_segment), ds=(e.ds,) + tuple(e.data_segment),
+            gprs={"rsi": e.rsi},
+            cr_write=(1 << 0) | (1 << 3) | (1 << 4),
+            exceptions=ALL_EXCEPTIONS,
+            intercepts=(intercept_bit(VMEXIT_HLT) | intercept_bit(VMEXIT_INVLPG) | intercept_bit(VMEXIT_MSR)
+                        | intercept_bit(VMEXIT_SHUTDOWN) | intercept_bit(VMEXIT_WBINVD)
+                        | intercept_bit(VMEXIT_VMMCALL) | intercept_bit(VMEXIT_VMRUN)))
+
+    def _on_power(self, event):
+        self.vcpu.request_stop(event.status if event.kind != "poweroff" else 0, event.reason)
+
+    def _start_stdin(self):
+        self.platform.input_attached = True
+
+        def reader():
+            while True:
+                data = sys.stdin.buffer.read1(64) if hasattr(sys.stdin.buffer, "read1") else sys.stdin.buffer.read(1)
+                if not data:
+                    return
+                self.platform.feed_input(data)
+
+        threading.Thread(target=reader, name="pyvmm-stdin", daemon=True).start()
+
+    # ---- the user's view ----
+    def set_handler(self, reason, handler):
+        """Replace the default handler for an exit reason (e.g. a student's CPUID)."""
+        self.vcpu.handlers[reason] = handler
+
+    def add_observer(self, fn):
+        """fn(vcpu, exit, outcome, ns) after every exit (trace, stats, stepping)."""
+        self.vcpu.observers.append(fn)
+
+    def run(self):
+        try:
+            self.result = self.vcpu.run()
+        finally:
+            self.close()
+        return self.result
+
+    def exits(self):
+        """Iterate over exits one at a time: the guest is suspended in the exit while
+        the caller looks at it (registers, memory) and resumes at the next iteration."""
+        handoff = queue.Queue(maxsize=1)
+        resume = threading.Event()
+        done = object()
+
+        def observer(vcpu, ex, res, ns):
+            handoff.put((ex, res))
+            resume.wait()
+            resume.clear()
+
+        self.add_observer(observer)
+
+        def runner():
+            try:
+                self.result = self.vcpu.run()
+            finally:
+                handoff.put(done)
+
+        t = threading.Thread(target=runner, name="pyvmm-vcpu", daemon=True)
+        t.start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is done:
+                    break
+                yield item[0]
+                resume.set()
+        finally:
+            if self.result is None:
+                self.vcpu.request_stop(1, "stopped by the caller")
+                resume.set()
+            t.join(5)
+            self.close()
+
+    def close(self):
+        if self.engine.uc is not None:
+            self.vcpu.close()
+            self.engine.close()
+
+
+def _stdout_console(data):
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()

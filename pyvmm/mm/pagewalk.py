@@ -1,0 +1,119 @@
+"""The guest page-table walker: guest-linear to guest-physical, as the CPU does it.
+
+Root mode uses it to read guest memory by linear address (the instruction at RIP,
+the IDT, the stack it pushes an interrupt frame on, hypercall buffers). It walks
+the guest's own tables in GuestMemory with the paging mode given by CR0, CR4 and
+EFER (SDM Vol. 3A, chapter 4): no paging, 32-bit (with PSE 4 MiB pages), PAE, and
+4-level (IA-32e). A walk that fails raises GuestFault(#PF) with the error code the
+hardware would push (SDM Vol. 3A, 4.7). Accessed/dirty bits are not set by these
+VMM-side walks.
+"""
+
+from pyvmm.cpu.state import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE
+from pyvmm.errors import GuestFault, GuestMemoryError
+
+PF = 14
+PTE_P, PTE_W, PTE_U, PTE_PS = 1, 2, 4, 0x80
+PTE_NX = 1 << 63
+# #PF error code bits (SDM Vol. 3A, Figure 4-12)
+PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD, PFEC_I = 1, 2, 4, 8, 16
+ADDR_MASK_4K = 0x000F_FFFF_FFFF_F000
+MAXPHYADDR = 40          # the emulated CPU's physical-address width
+
+
+class Paging:
+    """The paging-relevant part of the CPU state, captured for a walk."""
+    __slots__ = ("cr0", "cr3", "cr4", "efer")
+
+    def __init__(self, cr0, cr3, cr4, efer):
+        self.cr0, self.cr3, self.cr4, self.efer = cr0, cr3, cr4, efer
+
+    @classmethod
+    def of(cls, cpu):
+        return cls(cpu.get_cr(0), cpu.get_cr(3), cpu.get_cr(4), cpu.efer)
+
+
+def translate(mem, paging, vaddr, write=False, user=False, fetch=False):
+    """Guest-linear ``vaddr`` -> guest-physical address, or GuestFault(#PF)."""
+    if not paging.cr0 & CR0_PG:
+        return vaddr & 0xFFFF_FFFF
+    rsvd_hi = ~((1 << MAXPHYADDR) - 1) & ~PTE_NX & 0xFFFF_FFFF_FFFF_FFFF
+    if paging.efer & EFER_LMA:
+        levels = ((paging.cr3 & ADDR_MASK_4K, 39), (None, 30), (None, 21), (None, 12))
+        entry_size = 8
+    elif paging.cr4 & CR4_PAE:
+        pdpte = mem.read_u64((paging.cr3 & 0xFFFF_FFE0) + ((vaddr >> 30) & 3) * 8)
+        if not pdpte & PTE_P:
+            _fault(vaddr, 0, write, user, fetch)
+        levels = ((pdpte & ADDR_MASK_4K, 21), (None, 12))
+        entry_size = 8
+    else:
+        levels = ((paging.cr3 & 0xFFFF_F000, 22), (None, 12))
+        entry_size = 4
+    nx_ok = bool(paging.efer & EFER_NXE)
+    table = levels[0][0]
+    allow_w = allow_u = True
+    allow_x = True
+    for depth, (_, shift) in enumerate(levels):
+        index = (vaddr >> shift) & (0x3FF if entry_size == 4 else 0x1FF)
+        try:
+            entry = mem.read_u64(table + index * 8) if entry_size == 8 else mem.read_u32(table + index * 4)
+        except GuestMemoryError:
+            # A table outside RAM reads as all ones on a PC: reserved bits are set.
+            _fault(vaddr, PFEC_P | PFEC_RSVD, write, user, fetch)
+        if not entry & PTE_P:
+            _fault(vaddr, 0, write, user, fetch)
+        if entry_size == 8 and (entry & rsvd_hi or (entry & PTE_NX and not nx_ok)):
+            _fault(vaddr, PFEC_P | PFEC_RSVD, write, user, fetch)
+        allow_w &= bool(entry & PTE_W)
+        allow_u &= bool(entry & PTE_U)
+        if entry_size == 8 and entry & PTE_NX:
+            allow_x = False
+        last = depth == len(levels) - 1
+        large = not last and entry & PTE_PS and (shift in (21, 30) if entry_size == 8 else paging.cr4 & CR4_PSE)
+        if last or large:
+            _check(vaddr, write, user, fetch, allow_w, allow_u, allow_x, paging)
+            if entry_size == 4 and large:        # 4 MiB page: bits 31:22, PSE-36 bits 20:13
+                base = (entry & 0xFFC0_0000) | ((entry >> 13) & 0xFF) << 32
+            else:
+                base = entry & ADDR_MASK_4K & ~((1 << shift) - 1)
+            return base | (vaddr & ((1 << shift) - 1))
+        table = entry & (ADDR_MASK_4K if entry_size == 8 else 0xFFFF_F000)
+    raise AssertionError("unreachable")
+
+
+def _check(vaddr, write, user, fetch, allow_w, allow_u, allow_x, paging):
+    if user and not allow_u:
+        _fault(vaddr, PFEC_P, write, user, fetch)
+    if write and not allow_w and (user or paging.cr0 & CR0_WP):
+        _fault(vaddr, PFEC_P, write, user, fetch)
+    if fetch and not allow_x:
+        _fault(vaddr, PFEC_P, write, user, fetch)
+
+
+def _fault(vaddr, code, write, user, fetch):
+    code |= (PFEC_W if write else 0) | (PFEC_U if user else 0) | (PFEC_I if fetch else 0)
+    raise GuestFault(PF, error_code=code, cr2=vaddr, why=f"page walk of {vaddr:#x}")
+
+
+def read_linear(mem, paging, vaddr, length, user=False, fetch=False):
+    """Read ``length`` bytes at guest-linear ``vaddr`` (may cross pages)."""
+    out = bytearray()
+    while length > 0:
+        chunk = min(length, 0x1000 - (vaddr & 0xFFF))
+        out += mem.read(translate(mem, paging, vaddr, user=user, fetch=fetch), chunk)
+        vaddr += chunk
+        length -= chunk
+    return bytes(out)
+
+
+def write_linear(mem, paging, vaddr, data, user=False):
+    """Write ``data`` at guest-linear ``vaddr``; every page is translated before any
+    byte is written, so a fault leaves memory unchanged."""
+    parts, off = [], 0
+    while off < len(data):
+        chunk = min(len(data) - off, 0x1000 - ((vaddr + off) & 0xFFF))
+        parts.append((translate(mem, paging, vaddr + off, write=True, user=user), data[off:off + chunk]))
+        off += chunk
+    for gpa, piece in parts:
+        mem.write(gpa, piece)
