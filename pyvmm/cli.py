@@ -2,6 +2,7 @@
 
     pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats]
     pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
+    pyvmm step KERNEL [INITRD] [--break cpuid,io,...]   (commands on stdin; see stepper.py)
 
 Exit status: 0 when the guest powers off cleanly, 2 for bad input (a one-line
 error naming the file and the problem), otherwise non-zero with the reason.
@@ -12,7 +13,7 @@ import json
 import os
 import sys
 
-from pyvmm.cpu.exits import EXCEPTION_NAMES, SHORT_OF, decode_intr_info
+from pyvmm.cpu.exits import EXCEPTION_NAMES, SHORT_NAMES, decode_intr_info
 from pyvmm.errors import PyvmmError
 
 GUESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests", "build")
@@ -52,7 +53,21 @@ def _parser():
     tr = sub.add_parser("trace", help="boot a kernel, printing one line per VM exit")
     common(tr, False)
     tr.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    st = sub.add_parser("step", help="stop at VM exits and take commands (next, regs, mem, disas, ...)")
+    common(st, False)
+    st.add_argument("--break", dest="breaks", default="",
+                    help="stop only at these exits: " + ",".join(sorted(SHORT_NAMES)))
     return p
+
+
+def _breaks(text):
+    out = set()
+    for name in filter(None, text.split(",")):
+        name = name.strip().lower()
+        if name not in SHORT_NAMES:
+            raise PyvmmError(f"--break: unknown exit {name!r} (known: {', '.join(sorted(SHORT_NAMES))})")
+        out.add(SHORT_NAMES[name])
+    return out
 
 
 def _config(args, console):
@@ -119,7 +134,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     from pyvmm.machine import Machine
     console = None
-    if args.command == "trace" and not args.json:
+    if args.command in ("trace", "step") and not getattr(args, "json", False):
         console = lambda data: sys.stdout.write(data.decode(errors="replace"))  # noqa: E731
     try:
         machine = Machine(_config(args, console))
@@ -128,6 +143,15 @@ def main(argv=None):
         return 2
     if args.command == "trace":
         machine.add_observer(_trace_observer(args.json, sys.stdout))
+    elif args.command == "step":
+        from pyvmm.stepper import Stepper
+        try:
+            breaks = _breaks(args.breaks)
+        except PyvmmError as e:
+            print(f"pyvmm: {e}", file=sys.stderr)
+            machine.close()
+            return 2
+        machine.add_observer(Stepper(sys.stdin, sys.stdout, describe_exit, print_stats, breaks))
     try:
         status, reason = machine.run()
     except KeyboardInterrupt:
