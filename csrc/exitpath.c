@@ -57,6 +57,7 @@ const char *pv_bind(const char *libpath, const int *regs, const int *insns)
     return NULL;
 }
 
+uint64_t pv_now_ns(void);
 static inline uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -93,18 +94,68 @@ int pv_write_frame(pv_vcpu *v)
     return n ? p_reg_write_batch(v->uc, ids, (void *const *)ptrs, n) : 0;
 }
 
+uint64_t pv_now_ns(void) { return now_ns(); }
+
+/* Count one exit of ``reason`` that took ``ns`` in root mode. */
+void pv_account(pv_vcpu *v, int reason, uint64_t ns)
+{
+    if (reason >= 0 && reason < PV_NREASONS) {
+        v->reason_count[reason]++;
+        v->reason_ns[reason] += ns;
+    }
+}
+
 static inline uint64_t dispatch(pv_vcpu *v, int kind, uint64_t a, uint64_t b, uint64_t c)
 {
-    pv_read_frame(v);
     uint64_t t0 = now_ns();
+    pv_read_frame(v);
+    v->reason = -1;
+    v->observer_ns = 0;
     uint64_t r = pv_exit(v, kind, a, b, c);
-    v->hook_ns += now_ns() - t0;
-    v->nexits++;
     pv_write_frame(v);
+    uint64_t dt = now_ns() - t0 - v->observer_ns;
+    v->hook_ns += dt;
+    v->nexits++;
+    pv_account(v, v->reason, dt);
+    v->reason = PV_OUTSIDE_EXIT;
     return r;
 }
 
-static int cb_cpuid(void *uc, void *ud) { dispatch(ud, PV_CPUID, 0, 0, 0); return 1; }
+/* CPUID served from the table root mode installed (the way KVM serves CPUID from
+ * what userspace gave KVM_SET_CPUID2). A miss goes to the Python handler. */
+static int cpuid_fast(pv_vcpu *v)
+{
+    uint64_t t0 = now_ns();
+    int ids[4] = {regids[0], regids[1], regids[2], regids[3]};   /* rax rbx rcx rdx */
+    uint64_t in[4];
+    void *ptrs[4] = {&in[0], &in[1], &in[2], &in[3]};
+    if (p_reg_read_batch(v->uc, ids, ptrs, 4))
+        return 0;
+    uint32_t leaf = (uint32_t)in[0], sub = (uint32_t)in[2];
+    for (int i = 0; i < v->ncpuid; i++) {
+        pv_cpuid_entry *e = &v->cpuid[i];
+        if (e->leaf == leaf && (e->any_subleaf || e->subleaf == sub)) {
+            uint64_t out[4] = {e->eax, e->ebx, e->ecx, e->edx};
+            void *optrs[4] = {&out[0], &out[1], &out[2], &out[3]};
+            p_reg_write_batch(v->uc, ids, (void *const *)optrs, 4);
+            v->seq++;
+            v->nexits++;
+            uint64_t dt = now_ns() - t0;
+            v->hook_ns += dt;
+            pv_account(v, PV_REASON_CPUID, dt);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int cb_cpuid(void *uc, void *ud)
+{
+    pv_vcpu *v = ud;
+    if (!(v->fast_cpuid && cpuid_fast(v)))
+        dispatch(v, PV_CPUID, 0, 0, 0);
+    return 1;
+}
 static int cb_rdtsc(void *uc, void *ud) { dispatch(ud, PV_RDTSC, 0, 0, 0); return 1; }
 static uint32_t cb_in(void *uc, uint32_t port, int size, void *ud)
 {

@@ -19,6 +19,10 @@ typedef struct pv_frame {
 } pv_frame;
 
 #define PV_NREGS 18
+#define PV_NREASONS 64   /* SDM basic exit reasons used by pyvmm are < 64 */
+#define PV_MAX_CPUID 128
+#define PV_REASON_CPUID 10
+#define PV_OUTSIDE_EXIT (-2)   /* pv_vcpu.reason between exits */
 
 /* exit kinds passed to pv_exit */
 enum {
@@ -30,6 +34,10 @@ enum {
     PV_RDTSC = 6,
     PV_SYSCALL = 7,
 };
+
+typedef struct pv_cpuid_entry {
+    uint32_t leaf, subleaf, any_subleaf, eax, ebx, ecx, edx;
+} pv_cpuid_entry;
 
 typedef struct pv_vcpu {
     void *uc;            /* uc_engine * */
@@ -43,4 +51,12 @@ typedef struct pv_vcpu {
     size_t hooks[8];
     int nhooks;
     int stop_requested;
+    uint64_t seq;                 /* exits so far (the Exit sequence number) */
+    int reason;                   /* set by the dispatcher: the SDM reason of this exit, -1 none */
+    uint64_t reason_count[PV_NREASONS];
+    uint64_t reason_ns[PV_NREASONS];   /* time in root mode, by reason */
+    uint64_t observer_ns;         /* time spent in observers during this exit (not counted) */
+    int fast_cpuid;               /* serve CPUID from the table below without calling Python */
+    int ncpuid;
+    pv_cpuid_entry cpuid[PV_MAX_CPUID];
 } pv_vcpu;

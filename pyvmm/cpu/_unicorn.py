@@ -50,6 +50,7 @@ ffi, lib = _exitpath.ffi, _exitpath.lib
 # Exit kinds from csrc/exitpath.h
 PV_CPUID, PV_IN, PV_OUT, PV_INVALID, PV_INTR, PV_RDTSC, PV_SYSCALL = range(1, 8)
 
+OUTSIDE_EXIT = -2   # pv_vcpu.reason between exits (csrc/exitpath.h PV_OUTSIDE_EXIT)
 UNTIL = 0xFFFF_FFFF_FFFF_FFFF   # emu_start "until": a non-canonical address, never reached
 
 # QEMU hflags bits (target/i386/cpu.h)
@@ -222,6 +223,7 @@ class Engine:
         self._handle = ffi.new_handle(self)
         self._v.handle = self._handle
         self._v.uc = ffi.cast("void *", uc._uch.value)
+        self._v.reason = OUTSIDE_EXIT
         err = lib.pv_attach(self._v, 0)
         if err:
             raise EngineError(f"cannot install the exit hooks (uc_err {err})")
@@ -415,13 +417,31 @@ class Engine:
         if lib.pv_set_rdtsc_exiting(self._v, int(bool(on))):
             raise EngineError("cannot change the RDTSC hook")
 
+    # ---- exit accounting and the in-VMM CPUID table (see csrc/exitpath.c) ----
     @property
-    def hook_ns(self):
-        return self._v.hook_ns
+    def vstate(self):
+        """The C exit state: seq, reason, reason_count[], reason_ns[], observer_ns."""
+        return self._v
 
     @property
-    def exits_seen(self):
-        return self._v.nexits
+    def in_exit(self):
+        """True while the engine is inside an exit hook (the C path accounts it)."""
+        return self._v.reason != OUTSIDE_EXIT
+
+    def account(self, reason, ns):
+        lib.pv_account(self._v, int(reason), ns)
+
+    def set_cpuid_table(self, entries):
+        """entries: iterable of (leaf, subleaf or None for any, eax, ebx, ecx, edx)."""
+        entries = list(entries)[:len(self._v.cpuid)]
+        for i, (leaf, sub, a, b, c, d) in enumerate(entries):
+            e = self._v.cpuid[i]
+            e.leaf, e.subleaf, e.any_subleaf = leaf, sub or 0, int(sub is None)
+            e.eax, e.ebx, e.ecx, e.edx = a, b, c, d
+        self._v.ncpuid = len(entries)
+
+    def set_fast_cpuid(self, on):
+        self._v.fast_cpuid = int(bool(on))
 
 
 # ---- calibration of the guest-state area (uc_context) ----

@@ -38,11 +38,25 @@ class CpuidPolicy:
         }
 
     def query(self, leaf, subleaf=0):
-        key = (leaf, subleaf if leaf in SUBLEAF_LEAVES else 0)
-        vals = self._cache.get(key)
+        vals = self._cache.get((leaf, subleaf))
         if vals is None:
-            vals = self._cache[key] = self._compute(*key)
+            key = (leaf, subleaf if leaf in SUBLEAF_LEAVES else 0)
+            vals = self._cache[(leaf, subleaf)] = self._cache.get(key) or self._compute(*key)
         return vals
+
+    def table(self):
+        """The leaves a guest normally asks for, for the engine's in-VMM CPUID table:
+        (leaf, subleaf or None when the leaf ignores ECX, eax, ebx, ecx, edx)."""
+        rows = []
+        for base in (0, 0x80000000):
+            top = min(self.query(base)[0], base + 0x20)
+            for leaf in range(base, top + 1):
+                if leaf in SUBLEAF_LEAVES:
+                    rows += [(leaf, sub) + self.query(leaf, sub) for sub in range(8)]
+                else:
+                    rows.append((leaf, None) + self.query(leaf))
+        rows += [(leaf, None) + self.query(leaf) for leaf in (HYPERVISOR_BASE, HYPERVISOR_BASE + 1)]
+        return rows
 
     def _compute(self, leaf, subleaf):
         if key_override := self.overrides.get((leaf, subleaf)):

@@ -3,7 +3,8 @@
 ``EXIT_HANDLERS[reason](vm, exit) -> Resume | ToUser | Shutdown``, the way Linux's
 kvm_vmx_exit_handlers[] maps reasons to functions. A handler sees the guest through
 ``vm`` (a Vcpu, or any object with the same attributes: ``regs``, ``cpu``, ``mem``,
-``io``, ``cpuid``, ``msrs``, ``hypercalls``, ``controls``, and the methods
+``io``, ``cpuid``, ``msrs``, ``hypercalls``, ``controls``, ``tracing`` (build
+notes only when it is true), and the methods
 ``inject``, ``halt``, ``paging``), never through Unicorn, so tests call handlers
 with fake state.
 
@@ -30,6 +31,9 @@ class Resume:
         return self.note() if callable(self.note) else (self.note or "resumed")
 
 
+RESUME = Resume()          # a shared outcome for handlers with nothing to report
+
+
 class ToUser(Resume):
     """Resume after handing the exit to the user (the lab's stepper or a caller)."""
 
@@ -52,7 +56,9 @@ def handle_cpuid(vm, ex):
     leaf, sub = regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF
     a, b, c, d = vm.cpuid.query(leaf, sub)
     regs.rax, regs.rbx, regs.rcx, regs.rdx = a, b, c, d
-    return Resume(lambda: f"CPUID leaf {leaf:#x}.{sub:x} -> eax={a:#x} ebx={b:#x} ecx={c:#x} edx={d:#x}")
+    if not vm.tracing:
+        return RESUME
+    return Resume(f"CPUID leaf {leaf:#x}.{sub:x} -> eax={a:#x} ebx={b:#x} ecx={c:#x} edx={d:#x}")
 
 
 def handle_io(vm, ex):

@@ -15,41 +15,48 @@ stop. The guest never sees the VMM's exceptions: a bug in root mode stops the VM
 with the reason.
 """
 
+import collections
 import threading
 import time
 
 from pyvmm.cpu import events
-from pyvmm.cpu._unicorn import PV_CPUID, PV_IN, PV_INTR, PV_INVALID, PV_OUT, PV_RDTSC, PV_SYSCALL
+from pyvmm.cpu._unicorn import OUTSIDE_EXIT, PV_CPUID, PV_IN, PV_INTR, PV_INVALID, PV_OUT, PV_RDTSC, PV_SYSCALL
 from pyvmm.cpu import svm
 from pyvmm.cpu.decode import cr_operands, decode, io_form, memory_operand_address
 from pyvmm.cpu.exits import (BP, CR_CLTS, CR_LMSW, CR_MOV_TO, ERROR_CODE_VECTORS, OF, PF, UD, Exit, ExitReason,
                              cr_qualification, intr_info, io_qualification, INTR_TYPE_HW_EXCEPTION,
                              INTR_TYPE_SW_EXCEPTION)
-from pyvmm.cpu.handlers import EXIT_HANDLERS, Shutdown, handle_exit
+from pyvmm.cpu.handlers import EXIT_HANDLERS, Shutdown, handle_cpuid, handle_exit
 from pyvmm.cpu.state import EFER_LMA, RFLAGS_IF
 from pyvmm.errors import GuestFault, GuestMemoryError
 from pyvmm.mm.pagewalk import Paging, read_linear
 
 _perf = time.perf_counter_ns
 _R = ExitReason
+_REASONS = frozenset(int(r) for r in ExitReason)
+_new_exit = tuple.__new__
 VMCALL_BYTES = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")     # VMCALL (Intel), VMMCALL (AMD)
 WINDOW_POLL_NS = 200_000
 
 
 class ExitStats:
-    """Exits by reason: count and total handling time (ns)."""
+    """Exits by reason: count and time spent in root mode (ns), kept by the C exit
+    path (csrc/exitpath.c) so that exits it serves alone are counted too."""
 
-    def __init__(self):
-        self.count = {}
-        self.ns = {}
+    def __init__(self, vstate):
+        self._v = vstate
 
-    def add(self, reason, ns):
-        self.count[reason] = self.count.get(reason, 0) + 1
-        self.ns[reason] = self.ns.get(reason, 0) + ns
+    @property
+    def count(self):
+        return {_R(r): n for r, n in enumerate(self._v.reason_count) if n and r in _REASONS}
+
+    @property
+    def ns(self):
+        return {_R(r): self._v.reason_ns[r] for r, n in enumerate(self._v.reason_count) if n and r in _REASONS}
 
     def rows(self):
-        return sorted(((r, self.count[r], self.ns[r] / self.count[r]) for r in self.count),
-                      key=lambda row: -row[1])
+        ns = self.ns
+        return sorted(((r, n, ns[r] / n) for r, n in self.count.items()), key=lambda row: -row[1])
 
     @property
     def total(self):
@@ -111,13 +118,15 @@ class Vcpu:
         self.console_write = console_write
         self.handlers = dict(EXIT_HANDLERS)
         self.observers = []
-        self.stats = ExitStats()
-        self.seq = 0
+        self.tracing = False           # True while observers want handler notes
+        self.fast_paths = True         # let the C path serve CPUID from the policy table
+        self._v = engine.vstate
+        self.stats = ExitStats(self._v)
         self.halted = False
         self.stopped = False
         self.status = None
         self.reason = None
-        self.last_exits = []          # the last few (Exit, note) for post-mortems
+        self.last_exits = collections.deque(maxlen=16)   # the last (Exit, outcome) pairs
         self.events_delivered = 0
         self.irqs_injected = 0
         self._io_forms = {}
@@ -127,6 +136,7 @@ class Vcpu:
         self._tsc_base = time.monotonic_ns()
         self._started = False
         engine.on_exit = self._on_exit
+        engine.set_cpuid_table(cpuid.table())
 
     # ---- services for handlers ----
     @property
@@ -157,19 +167,23 @@ class Vcpu:
     # ---- the exit path ----
     def _on_exit(self, kind, a, b, c):
         """Called by the engine for every trap; returns the IN value / handled flag."""
+        if self.stopped:                # the VM is stopping: let nothing else happen
+            self.engine.stop_from_exit()
+            return 0
         try:
             regs = self.regs
-            self.seq += 1
+            v = self._v
+            seq = v.seq = v.seq + 1
             in_block = True
             if kind == PV_CPUID:
-                ex = Exit(_R.CPUID, 0, regs.rip, 2, seq=self.seq)
+                ex = _new_exit(Exit, (_R.CPUID, 0, regs.rip, 2, 0, 0, 0, 0, 0, seq))
             elif kind == PV_IN or kind == PV_OUT:
                 rip = regs.rip
                 form = self._io_forms.get(rip)
                 if form is None:
                     form = self._io_forms[rip] = self._decode_io(rip)
                 q = io_qualification(a, b, kind == PV_IN, *form[:3])
-                ex = Exit(_R.IO_INSTRUCTION, q, rip, form[3], value=c, seq=self.seq)
+                ex = _new_exit(Exit, (_R.IO_INSTRUCTION, q, rip, form[3], 0, 0, 0, 0, c, seq))
             elif kind == PV_INTR:
                 in_block = False
                 ex = self._classify_intr(a)
@@ -177,7 +191,7 @@ class Vcpu:
                 in_block = False
                 ex = self._classify_ud(None)
             elif kind == PV_RDTSC:
-                ex = Exit(_R.RDTSC, 0, regs.rip, 2, seq=self.seq)
+                ex = Exit(_R.RDTSC, 0, regs.rip, 2, seq=seq)
             elif kind == PV_SYSCALL:
                 self.request_stop(1, f"SYSCALL at RIP {regs.rip:#x}: not emulated yet")
                 return 0
@@ -193,18 +207,23 @@ class Vcpu:
             return 0
 
     def _dispatch(self, ex, in_block):
-        t0 = _perf()
-        res = handle_exit(self, ex)
-        dt = _perf() - t0
-        self.stats.add(ex.reason, dt)
+        """Handle one exit inside an engine hook (the C path accounts its time)."""
+        v = self._v
+        v.reason = ex.reason
+        observers = self.observers
+        if observers:
+            t0 = _perf()
+        handler = self.handlers.get(ex.reason)
+        res = handler(self, ex) if handler is not None else handle_exit(self, ex)
         if not in_block and res.advance and ex.insn_len:
             self.regs.rip = (self.regs.rip + ex.insn_len) & 0xFFFF_FFFF_FFFF_FFFF
         self.last_exits.append((ex, res))
-        if len(self.last_exits) > 16:
-            del self.last_exits[0]
-        for observer in self.observers:
-            observer(self, ex, res, dt)
-        if isinstance(res, Shutdown):
+        if observers:
+            t1 = _perf()
+            for observer in observers:
+                observer(self, ex, res, t1 - t0)
+            v.observer_ns += _perf() - t1
+        if res.__class__ is Shutdown:
             self.request_stop(res.status, res.reason)
         elif self.controls.entry_event is not None:
             if in_block:
@@ -238,7 +257,7 @@ class Vcpu:
             return None
 
     def _classify_intr(self, intno):
-        regs, seq = self.regs, self.seq
+        regs, seq = self.regs, self._v.seq
         rip = regs.rip
         if intno < svm.EXCP_VMEXIT:
             return self._software_interrupt(intno)
@@ -300,9 +319,9 @@ class Vcpu:
         except (GuestFault, GuestMemoryError):
             raw = b""
         if raw in VMCALL_BYTES:
-            return Exit(_R.VMCALL, 0, rip, 3, seq=self.seq)
+            return Exit(_R.VMCALL, 0, rip, 3, seq=self._v.seq)
         if self.controls.exception_bitmap & (1 << UD):
-            return Exit(_R.EXCEPTION_NMI, 0, rip, 0, intr_info(UD, INTR_TYPE_HW_EXCEPTION), seq=self.seq)
+            return Exit(_R.EXCEPTION_NMI, 0, rip, 0, intr_info(UD, INTR_TYPE_HW_EXCEPTION), seq=self._v.seq)
         self.inject(events.Event(UD, events.HW_EXCEPTION))
         self._deliver_pending()
         return None
@@ -324,7 +343,7 @@ class Vcpu:
             kind, length = events.SW_INTERRUPT, 2
         if kind == events.SW_EXCEPTION and self.controls.exception_bitmap & (1 << vector):
             return Exit(_R.EXCEPTION_NMI, 0, rip - length, length, intr_info(vector, INTR_TYPE_SW_EXCEPTION),
-                        seq=self.seq)
+                        seq=self._v.seq)
         self.inject(events.Event(vector, kind))
         self._deliver_pending()
         return None
@@ -338,18 +357,24 @@ class Vcpu:
             events.deliver_event(self.cpu, self.mem, event)
             self.events_delivered += 1
         except events.TripleFault as tf:
-            self.seq += 1
-            ex = Exit(_R.TRIPLE_FAULT, 0, self.regs.rip, 0, seq=self.seq)
-            self._dispatch_fault(ex, tf.why)
+            res = self._loop_exit(_R.TRIPLE_FAULT)
+            if res.__class__ is Shutdown:
+                self.reason = f"{res.reason}: {tf.why}"
 
-    def _dispatch_fault(self, ex, why):
-        res = handle_exit(self, ex)
-        self.stats.add(ex.reason, 0)
-        self.last_exits.append((ex, res))
-        for observer in self.observers:
-            observer(self, ex, res, 0)
-        if isinstance(res, Shutdown):
-            self.request_stop(res.status, f"{res.reason}: {why}")
+    def _loop_exit(self, reason):
+        """An exit the run loop raises itself (not inside an engine hook): numbered,
+        dispatched and accounted like the others."""
+        v = self._v
+        v.seq += 1
+        outside = not self.engine.in_exit
+        if outside:
+            v.observer_ns = 0
+        t0 = _perf()
+        self._dispatch(Exit(reason, 0, self.regs.rip, 0, seq=v.seq), False)
+        if outside:                      # inside a hook, the C path accounts this time
+            self.engine.account(reason, _perf() - t0 - v.observer_ns)
+            v.reason = OUTSIDE_EXIT
+        return self.last_exits[-1][1]
 
     # ---- the run loop ----
     def run(self):
@@ -371,6 +396,9 @@ class Vcpu:
         return self.status, self.reason
 
     def _enter(self):
+        self.tracing = bool(self.observers)
+        self.engine.set_fast_cpuid(self.fast_paths and self.handlers.get(_R.CPUID) is handle_cpuid
+                                   and not self.observers)
         now = time.monotonic_ns()
         self.platform.tick(now)
         if self.controls.entry_event is not None:
@@ -393,8 +421,7 @@ class Vcpu:
         if self.regs.rflags & RFLAGS_IF and not self.engine.interrupt_shadow:
             if self._window_wanted or self.controls.interrupt_window_exiting:
                 self._window_wanted = False
-                self.seq += 1
-                self._dispatch(Exit(_R.INTERRUPT_WINDOW, 0, self.regs.rip, 0, seq=self.seq), False)
+                self._loop_exit(_R.INTERRUPT_WINDOW)
                 if self.stopped:
                     return
             vector = pic.acknowledge()
@@ -410,14 +437,12 @@ class Vcpu:
         now = time.monotonic_ns()
         if self._preempt_deadline is not None and now >= self._preempt_deadline:
             self._preempt_deadline = None
-            self.seq += 1
-            self._dispatch(Exit(_R.PREEMPTION_TIMER, 0, self.regs.rip, 0, seq=self.seq), False)
+            self._loop_exit(_R.PREEMPTION_TIMER)
         elif self._ticker.fired:
             self._ticker.fired = False
             self.platform.tick(now)
             if self.platform.pic.has_pending() and not self._window_wanted:
-                self.seq += 1
-                self._dispatch(Exit(_R.EXTERNAL_INTERRUPT, 0, self.regs.rip, 0, seq=self.seq), False)
+                self._loop_exit(_R.EXTERNAL_INTERRUPT)
 
     def _wait_for_interrupt(self):
         """HLT: sleep until an interrupt is pending. False if none can ever come."""

@@ -18,7 +18,7 @@ def fake_vm(**kw):
     injected = []
     vm = SimpleNamespace(cpu=cpu, regs=cpu.regs, handlers=dict(EXIT_HANDLERS), msrs=MsrTable(), long_mode=True,
                          cpuid=CpuidPolicy(lambda leaf, sub: (leaf, 0x11, 0x22, 0x200)),
-                         inject=injected.append, injected=injected, halted=False)
+                         inject=injected.append, injected=injected, halted=False, tracing=False)
     vm.halt = lambda: setattr(vm, "halted", True)
     vars(vm).update(kw)
     return vm
