@@ -14,8 +14,11 @@
 
 enum { INS_CPUID, INS_IN, INS_OUT, INS_SYSCALL, INS_RDTSC, NINS };
 static int insn_ids[NINS];
+static int msr_regid;            /* UC_X86_REG_MSR */
 
 static int (*p_reg_read_batch)(void *, int *, void **, int);
+static int (*p_reg_read)(void *, int, void *);
+static int (*p_reg_write)(void *, int, const void *);
 static int (*p_reg_write_batch)(void *, int *, void *const *, int);
 static int (*p_hook_add)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
 static int (*p_hook_del)(void *, size_t);
@@ -32,7 +35,7 @@ static uint64_t pv_exit(pv_vcpu *v, int kind, uint64_t a, uint64_t b, uint64_t c
 
 static const char *bind_error = "not bound";
 
-const char *pv_bind(const char *libpath, const int *regs, const int *insns)
+const char *pv_bind(const char *libpath, const int *regs, const int *insns, int msr_id)
 {
     void *h = dlopen(libpath, RTLD_NOW | RTLD_NOLOAD);
     if (!h)
@@ -41,6 +44,8 @@ const char *pv_bind(const char *libpath, const int *regs, const int *insns)
         return dlerror();
 #define SYM(var, name) do { *(void **)&var = dlsym(h, name); if (!var) return "missing " name; } while (0)
     SYM(p_reg_read_batch, "uc_reg_read_batch");
+    SYM(p_reg_read, "uc_reg_read");
+    SYM(p_reg_write, "uc_reg_write");
     SYM(p_reg_write_batch, "uc_reg_write_batch");
     SYM(p_hook_add, "uc_hook_add");
     SYM(p_hook_del, "uc_hook_del");
@@ -53,6 +58,7 @@ const char *pv_bind(const char *libpath, const int *regs, const int *insns)
 #undef SYM
     memcpy(regids, regs, sizeof regids);
     memcpy(insn_ids, insns, sizeof insn_ids);
+    msr_regid = msr_id;
     bind_error = NULL;
     return NULL;
 }
@@ -230,3 +236,25 @@ int pv_stop(pv_vcpu *v) { return p_emu_stop(v->uc); }
 int pv_ctx_save(pv_vcpu *v) { return p_context_save(v->uc, v->ctx); }
 int pv_ctx_restore(pv_vcpu *v) { return p_context_restore(v->uc, v->ctx); }
 uint8_t *pv_ctx_bytes(pv_vcpu *v) { return (uint8_t *)v->ctx; }
+
+/* RDMSR/WRMSR from root mode. Under SVM the engine's own MSR helper obeys the MSR
+ * permission map and would take a #VMEXIT inside uc_reg_read/uc_reg_write, so the
+ * byte holding this MSR's intercept bits (msrpm_byte, NULL for MSRs outside the map)
+ * is cleared for the access and restored after. */
+typedef struct { uint32_t rid; uint64_t value; } pv_uc_msr;
+
+int pv_msr_access(pv_vcpu *v, uint8_t *msrpm_byte, uint32_t index, uint64_t *value, int write)
+{
+    uint8_t saved = 0;
+    pv_uc_msr m = {index, write ? *value : 0};
+    if (msrpm_byte) {
+        saved = *msrpm_byte;
+        *msrpm_byte = 0;
+    }
+    int err = write ? p_reg_write(v->uc, msr_regid, &m) : p_reg_read(v->uc, msr_regid, &m);
+    if (msrpm_byte)
+        *msrpm_byte = saved;
+    if (!write)
+        *value = m.value;
+    return err;
+}

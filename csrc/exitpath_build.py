@@ -25,7 +25,8 @@ def _header_cdef():
 ffibuilder = FFI()
 ffibuilder.cdef(_header_cdef() + """
 extern "Python" uint64_t pv_exit(pv_vcpu *v, int kind, uint64_t a, uint64_t b, uint64_t c);
-const char *pv_bind(const char *libpath, const int *regs, const int *insns);
+const char *pv_bind(const char *libpath, const int *regs, const int *insns, int msr_id);
+int pv_msr_access(pv_vcpu *v, uint8_t *msrpm_byte, uint32_t index, uint64_t *value, int write);
 int pv_attach(pv_vcpu *v, int want_rdtsc);
 int pv_set_rdtsc_exiting(pv_vcpu *v, int on);
 void pv_detach(pv_vcpu *v);

@@ -108,19 +108,10 @@ class Machine:
             self._start_stdin()
 
     def _guest_entry(self):
-        e = self.boot.entry
-        return _unicorn.GuestEntry(
-            rip=e.rip, rsp=e.rsp, rflags=e.rflags, cr0=e.cr0, cr3=e.cr3, cr4=e.cr4, efer=e.efer,
-            gdt=(e.gdt_base, e.gdt_limit), idt=(e.idt_base, e.idt_limit),
-            cs=(e.cs,) + tuple(e.code_segment), ds=(e.ds,) + tuple(e.data_segment),
-            gprs={"rsi": e.rsi},
-            cr_write=(1 << 0) | (1 << 3) | (1 << 4),
-            exceptions=ALL_EXCEPTIONS,
-            intercepts=(intercept_bit(VMEXIT_HLT) | intercept_bit(VMEXIT_INVLPG) | intercept_bit(VMEXIT_MSR)
-                        | intercept_bit(VMEXIT_SHUTDOWN) | intercept_bit(VMEXIT_WBINVD)
-                        | intercept_bit(VMEXIT_VMMCALL) | intercept_bit(VMEXIT_VMRUN)))
+        return guest_entry(self.boot.entry)
 
     def _on_power(self, event):
+
         self.vcpu.request_stop(event.status if event.kind != "poweroff" else 0, event.reason)
 
     def _start_stdin(self):
@@ -191,6 +182,22 @@ class Machine:
         if self.engine.uc is not None:
             self.vcpu.close()
             self.engine.close()
+
+
+def guest_entry(e):
+    """The VMRUN state for a loader's EntryState: the guest's first registers and
+    the intercepts pyvmm's trap model needs (all exceptions, CR0/CR3/CR4 writes,
+    HLT, INVLPG, MSRs, WBINVD, VMMCALL, shutdown)."""
+    return _unicorn.GuestEntry(
+        rip=e.rip, rsp=e.rsp, rflags=e.rflags, cr0=e.cr0, cr3=e.cr3, cr4=e.cr4, efer=e.efer,
+        gdt=(e.gdt_base, e.gdt_limit), idt=(e.idt_base, e.idt_limit),
+        cs=(e.cs,) + tuple(e.code_segment), ds=(e.ds,) + tuple(e.data_segment),
+        gprs={"rsi": e.rsi},
+        cr_write=(1 << 0) | (1 << 3) | (1 << 4),
+        exceptions=ALL_EXCEPTIONS,
+        intercepts=(intercept_bit(VMEXIT_HLT) | intercept_bit(VMEXIT_INVLPG) | intercept_bit(VMEXIT_MSR)
+                    | intercept_bit(VMEXIT_SHUTDOWN) | intercept_bit(VMEXIT_WBINVD)
+                    | intercept_bit(VMEXIT_VMMCALL) | intercept_bit(VMEXIT_VMRUN)))
 
 
 def _stdout_console(data):

@@ -28,6 +28,7 @@ permission map always intercepts every MSR the guest touches (root mode lifts on
 MSR's bits only while it accesses that MSR itself).
 """
 
+import mmap
 import os
 import struct
 import threading
@@ -40,6 +41,7 @@ from unicorn.unicorn_py3 import unicorn as _ucmod  # noqa: E402
 
 from pyvmm import _exitpath  # noqa: E402
 from pyvmm.cpu import svm  # noqa: E402
+from pyvmm.cpu import svm as svm_mod  # noqa: E402  (for code where "svm" is a parameter)
 from pyvmm.cpu.state import (DESC_B, DESC_L, CR0_PE, EFER_LMA, GPRS, SEG_NAMES, Segment,  # noqa: E402
                              Table)
 from pyvmm.errors import EngineError  # noqa: E402
@@ -76,6 +78,7 @@ _SEG_REG = {"es": X.UC_X86_REG_ES, "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS,
             "ds": X.UC_X86_REG_DS, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
 _TABLE_REG = {"gdtr": X.UC_X86_REG_GDTR, "idtr": X.UC_X86_REG_IDTR,
               "ldtr": X.UC_X86_REG_LDTR, "tr": X.UC_X86_REG_TR}
+_CR_INDEX = {0: 0, 2: 1, 3: 2, 4: 3}    # position in system_registers()
 _CR_REG = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3,
            4: X.UC_X86_REG_CR4, 8: X.UC_X86_REG_CR8}
 
@@ -89,7 +92,8 @@ def _bind():
     if not _bound:
         regs = [getattr(X, "UC_X86_REG_" + r.upper()) for r in GPRS + ("rip", "rflags")]
         insns = [X.UC_X86_INS_CPUID, X.UC_X86_INS_IN, X.UC_X86_INS_OUT, X.UC_X86_INS_SYSCALL, X.UC_X86_INS_RDTSC]
-        err = lib.pv_bind(_ucmod.uclib._name.encode(), ffi.new("int[]", regs), ffi.new("int[]", insns))
+        err = lib.pv_bind(_ucmod.uclib._name.encode(), ffi.new("int[]", regs), ffi.new("int[]", insns),
+                          X.UC_X86_REG_MSR)
         if err != ffi.NULL:
             raise EngineError(f"cannot bind the exit fast path to libunicorn: {ffi.string(err).decode()}")
         _bound = True
@@ -216,7 +220,15 @@ class Engine:
         self.memory = memory
         self.uc = uc = _new_uc()
         uc.mem_map_ptr(0, memory.size, unicorn.UC_PROT_ALL, memory.host_address)
-        uc.mem_map(VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE)
+        # VMM-private memory is host memory too, so root mode can flip MSR permission
+        # bits without a call into the engine.
+        self._private = mmap.mmap(-1, VMM_PRIVATE_SIZE)
+        self._private_buf = ffi.from_buffer(self._private)
+        uc.mem_map_ptr(VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE, unicorn.UC_PROT_ALL,
+                       int(ffi.cast("uintptr_t", self._private_buf)))
+        self._msrpm = ffi.cast("uint8_t *", self._private_buf) + (MSRPM - VMM_PRIVATE_BASE)
+        self._msr_value = ffi.new("uint64_t *")
+        self._sys = None                # (cr0, cr2, cr3, cr4, efer, hflags) of the current exit
         memory.write_code_hook = self.flush_code
         self.layout = _calibrate()
         self._v = ffi.new("pv_vcpu *")
@@ -276,6 +288,7 @@ class Engine:
                 self._running = False
                 self._kicked = False
         self._start = 0
+        self._sys = None
         lib.pv_read_frame(self._v)
         err = _pending_errors.get(self)
         if err is not None:
@@ -302,42 +315,48 @@ class Engine:
         self.uc = None
 
     # ---- registers and state ----
+    def system_registers(self):
+        """(cr0, cr2, cr3, cr4, efer, hflags), read once per exit from the CPU context."""
+        sys_ = self._sys
+        if sys_ is None:
+            ctx = self._ctx_save()
+            lay = self.layout
+            cr0, _, cr2, cr3, cr4 = struct.unpack_from("<5Q", ctx, lay.cr)
+            efer = struct.unpack_from("<Q", ctx, lay.efer)[0] & ~svm.EFER_SVME
+            sys_ = self._sys = (cr0, cr2, cr3, cr4, efer, struct.unpack_from("<I", ctx, lay.hflags)[0])
+        return sys_
+
+    def invalidate(self):
+        """Forget cached system registers (the guest ran, or root mode changed them)."""
+        self._sys = None
+
     def get_cr(self, n):
-        return self.uc.reg_read(_CR_REG[n])
+        if n == 8:
+            return self.uc.reg_read(X.UC_X86_REG_CR8)
+        return self.system_registers()[_CR_INDEX[n]]
 
     def set_cr(self, n, value):
         self.uc.reg_write(_CR_REG[n], value)
+        self._sys = None
 
-    def _msrpm_lift(self, index):
+    def _msr(self, index, value=0, write=False):
         pos = svm.msrpm_position(index)
-        if pos is None:
-            return None
-        off, _ = pos
-        old = bytes(self.uc.mem_read(MSRPM + off, 1))
-        self.uc.mem_write(MSRPM + off, b"\0")
-        return off, old
-
-    def _msrpm_restore(self, lifted):
-        if lifted is not None:
-            self.uc.mem_write(MSRPM + lifted[0], lifted[1])
+        byte = self._msrpm + pos[0] if pos is not None else ffi.NULL
+        self._msr_value[0] = value
+        if lib.pv_msr_access(self._v, byte, index, self._msr_value, int(write)):
+            raise EngineError(f"the engine refused {'WRMSR' if write else 'RDMSR'} {index:#x}")
+        return self._msr_value[0]
 
     def get_msr(self, index):
-        lifted = self._msrpm_lift(index)
-        try:
-            return self.uc.reg_read(X.UC_X86_REG_MSR, index)
-        finally:
-            self._msrpm_restore(lifted)
+        return self._msr(index)
 
     def set_msr(self, index, value):
-        lifted = self._msrpm_lift(index)
-        try:
-            self.uc.reg_write(X.UC_X86_REG_MSR, (index, value))
-        finally:
-            self._msrpm_restore(lifted)
+        self._msr(index, value, write=True)
+        self._sys = None
 
     @property
     def efer(self):
-        return self.get_msr(svm.MSR_EFER) & ~svm.EFER_SVME
+        return self.system_registers()[4]
 
     def get_table(self, name):
         return Table(*self.uc.reg_read(_TABLE_REG[name]))
@@ -353,11 +372,17 @@ class Engine:
         return Segment(sel, base, limit, flags)
 
     def hflags(self):
-        return struct.unpack_from("<I", self._ctx_save(), self.layout.hflags)[0]
+        return self.system_registers()[5]
 
     @property
     def cpl(self):
         return self.hflags() & HF_CPL_MASK
+
+    @property
+    def code_bits(self):
+        """Operand size of the current code segment: 64, 32 or 16."""
+        hf = self.hflags()
+        return 64 if hf & HF_CS64 else 32 if hf & HF_CS32 else 16
 
     @property
     def interrupt_shadow(self):
@@ -403,6 +428,7 @@ class Engine:
                 new |= HF_ADDSEG
             hflags = (hflags & ~(HF_SS32 | HF_ADDSEG)) | new
         struct.pack_into("<I", ctx, lay.hflags, hflags)
+        self._sys = None
         if lib.pv_ctx_restore(self._v):
             raise EngineError("uc_context_restore failed")
 
@@ -447,8 +473,8 @@ class Engine:
 # ---- calibration of the guest-state area (uc_context) ----
 
 class _Layout:
-    def __init__(self, segs, hflags, error_code):
-        self.segs, self.hflags, self.error_code = segs, hflags, error_code
+    def __init__(self, segs, hflags, error_code, cr, efer):
+        self.segs, self.hflags, self.error_code, self.cr, self.efer = segs, hflags, error_code, cr, efer
 
     def seg(self, name):
         return self.segs + SEG_NAMES.index(name) * _SEGCACHE.size
@@ -489,8 +515,16 @@ def _calibrate():
         if fs_base != 0x1F5B_A5E0_0012_3400:
             raise EngineError("calibration: segment caches are not where TR suggests")
         hflags = segs - 8
+        uc.reg_write(X.UC_X86_REG_CR3, 0x7A5A_7000)
+        uc.reg_write(X.UC_X86_REG_CR2, 0x5151_F000)
+        uc.reg_write(X.UC_X86_REG_MSR, (svm.MSR_EFER, 0xD01))
+        ctx = bytes(uc.context_save())
+        cr = _find(ctx, struct.pack("<Q", 0x7A5A_7000), "CR3") - 3 * 8      # cr[0..4]
+        if struct.unpack_from("<Q", ctx, cr + 2 * 8)[0] != 0x5151_F000:
+            raise EngineError("calibration: CR2 is not next to CR3 in the CPU context")
+        efer = _find(ctx, struct.pack("<Q", 0xD01), "EFER")
         error_code = _calibrate_error_code(hflags)
-        _layout = _Layout(segs, hflags, error_code)
+        _layout = _Layout(segs, hflags, error_code, cr, efer)
         return _layout
 
 
@@ -561,3 +595,69 @@ def _native_cpuid_cached(leaf, subleaf):
         _cpuid_cache[key] = tuple(uc.reg_read(r) & 0xFFFFFFFF for r in (
             X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
     return _cpuid_cache[key]
+
+
+# ---- the floor: bare Unicorn with hooks that only return ----
+
+class BareRunner:
+    """Bare Unicorn running a guest image, for the reference ("floor") measurements
+    of pyvmm's benchmarks: the same guest memory and entry state, Unicorn's Python
+    binding, and hooks that only return (CPUID and IN/OUT hooks that return a value,
+    an invalid-opcode hook that steps over VMCALL). With ``svm=True`` the guest runs
+    in SVM guest mode with MSR, CR-write and HLT intercepts whose hook only steps
+    over the instruction: the least a trap of RDMSR/WRMSR/mov to CR3 can cost here.
+
+    The run ends when the guest writes the power-off port (0x604) or halts.
+    """
+
+    def __init__(self, memory, entry, svm=False):
+        self.uc = uc = _new_uc()
+        uc.mem_map_ptr(0, memory.size, unicorn.UC_PROT_ALL, memory.host_address)
+        self.start = entry.rip
+        if svm:
+            uc.mem_map(VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE)
+            _write_vmcb(uc, entry)
+            uc.reg_write(X.UC_X86_REG_RSI, entry.gprs.get("rsi", 0))
+            self.start = STUB
+        else:
+            uc.reg_write(X.UC_X86_REG_GDTR, (0, entry.gdt[0], entry.gdt[1], 0))
+            uc.reg_write(X.UC_X86_REG_CR3, entry.cr3)
+            uc.reg_write(X.UC_X86_REG_CR4, entry.cr4)
+            uc.reg_write(X.UC_X86_REG_MSR, (svm_mod.MSR_EFER, entry.efer))
+            uc.reg_write(X.UC_X86_REG_CR0, entry.cr0)
+            uc.reg_write(X.UC_X86_REG_CS, entry.cs[0])
+            uc.reg_write(X.UC_X86_REG_SS, entry.ds[0])
+            uc.reg_write(X.UC_X86_REG_DS, entry.ds[0])
+            uc.reg_write(X.UC_X86_REG_RSP, entry.rsp)
+            uc.reg_write(X.UC_X86_REG_RSI, entry.gprs.get("rsi", 0))
+        uc.hook_add(unicorn.UC_HOOK_INSN, lambda uc_, ud: 1, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INSN, lambda uc_, port, size, ud: 0xFFFFFFFF, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._invalid)
+        uc.hook_add(unicorn.UC_HOOK_INTR, self._intr)
+
+    def _out(self, uc, port, size, value, ud):
+        if port == 0x604:
+            uc.emu_stop()
+
+    def _invalid(self, uc, ud):
+        uc.reg_write(X.UC_X86_REG_RIP, uc.reg_read(X.UC_X86_REG_RIP) + 3)     # VMCALL
+        return True
+
+    def _intr(self, uc, intno, ud):
+        code = intno - svm_mod.EXCP_VMEXIT
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        if code == svm_mod.VMEXIT_MSR:
+            uc.reg_write(X.UC_X86_REG_RIP, rip + 2)
+        elif svm_mod.VMEXIT_CR0_WRITE <= code < svm_mod.VMEXIT_CR0_WRITE + 16:
+            uc.reg_write(X.UC_X86_REG_RIP, rip + 3)                           # mov crN, r64
+        elif code == svm_mod.VMEXIT_EXCP_BASE + 6:
+            self._invalid(uc, None)                                           # VMCALL as #UD
+        else:
+            uc.emu_stop()
+
+    def run(self):
+        self.uc.emu_start(self.start, UNTIL)
+
+    def close(self):
+        self.uc = None

@@ -42,20 +42,20 @@ class Insn:
 _cache = {}
 
 
-def fetch(mem, paging, address, length=15):
+def fetch(mem, paging, address, length=15, tlb=None):
     """Up to ``length`` instruction bytes at ``address`` (fewer at an unmapped page end)."""
     try:
-        return read_linear(mem, paging, address, length, fetch=True)
+        return read_linear(mem, paging, address, length, fetch=True, tlb=tlb)
     except (GuestFault, GuestMemoryError):
         first = 0x1000 - (address & 0xFFF)
         if first >= length:
             raise
-        return read_linear(mem, paging, address, first, fetch=True)
+        return read_linear(mem, paging, address, first, fetch=True, tlb=tlb)
 
 
-def decode(mem, paging, address, bits=64):
+def decode(mem, paging, address, bits=64, tlb=None):
     """Decode the instruction at guest-linear ``address``; None if it is not decodable."""
-    raw = fetch(mem, paging, address)
+    raw = fetch(mem, paging, address, tlb=tlb)
     key = (paging.cr3, address, raw, bits)
     hit = _cache.get(key)
     if hit is not None:
@@ -70,11 +70,11 @@ def decode(mem, paging, address, bits=64):
     return result
 
 
-def disassemble(mem, paging, address, count, bits=64):
+def disassemble(mem, paging, address, count, bits=64, tlb=None):
     """Up to ``count`` instructions from ``address`` (stops at undecodable bytes)."""
     out = []
     for _ in range(count):
-        insn = decode(mem, paging, address, bits)
+        insn = decode(mem, paging, address, bits, tlb)
         if insn is None:
             break
         out.append(insn)

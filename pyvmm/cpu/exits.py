@@ -122,7 +122,7 @@ def decode_cr_qualification(q):
 
 # ---- I/O instruction qualification (SDM Table 28-5) ----
 _IO_SIZE_CODE = {1: 0, 2: 1, 4: 3}
-_IO_SIZE_OF = {0: 1, 1: 2, 3: 4}
+IO_SIZE_OF_CODE = (1, 2, 0, 4, 0, 0, 0, 0)     # bits 2:0 -> access size (0: invalid)
 
 
 def io_qualification(port, size, is_in, string=False, rep=False, imm=False):
@@ -133,7 +133,7 @@ def io_qualification(port, size, is_in, string=False, rep=False, imm=False):
 
 
 def decode_io_qualification(q):
-    return {"size": _IO_SIZE_OF.get(q & 7, 0), "in": bool(q & 8), "string": bool(q & 0x10),
+    return {"size": IO_SIZE_OF_CODE[q & 7], "in": bool(q & 8), "string": bool(q & 0x10),
             "rep": bool(q & 0x20), "imm": bool(q & 0x40), "port": (q >> 16) & 0xFFFF}
 
 

@@ -15,8 +15,8 @@ was injected instead). Notes say what the handler did, for traces.
 """
 
 from pyvmm.cpu import events
-from pyvmm.cpu.exits import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, GP, GPR_NAMES, ExitReason,
-                             decode_cr_qualification, decode_intr_info, decode_io_qualification)
+from pyvmm.cpu.exits import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, GP, GPR_NAMES,
+                             IO_SIZE_OF_CODE, ExitReason, decode_cr_qualification, decode_intr_info)
 from pyvmm.cpu.state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_IF)
 from pyvmm.errors import GuestFault
 
@@ -62,16 +62,23 @@ def handle_cpuid(vm, ex):
 
 
 def handle_io(vm, ex):
-    q = decode_io_qualification(ex.qualification)
-    port, size = q["port"], q["size"]
-    dev = vm.io.device_at(port)
-    name = dev.name if dev is not None else "unclaimed"
-    if q["in"]:
+    q = ex.qualification                      # SDM Table 28-5, see exits.io_qualification
+    port, size = q >> 16, IO_SIZE_OF_CODE[q & 7]
+    if q & 8:                                 # IN
         value = vm.io.read(port, size)
-        return Resume(lambda: f"IN {port:#x}/{size} <- {value:#x} ({name})", value=value)
+        if not vm.tracing:
+            return Resume(value=value)
+        return Resume(f"IN {port:#x}/{size} <- {value:#x} ({_device_name(vm, port)})", value=value)
     value = ex.value & ((1 << (8 * size)) - 1)
     vm.io.write(port, size, value)
-    return Resume(lambda: f"OUT {port:#x}/{size} {value:#x} -> {name}")
+    if not vm.tracing:
+        return RESUME
+    return Resume(f"OUT {port:#x}/{size} {value:#x} -> {_device_name(vm, port)}")
+
+
+def _device_name(vm, port):
+    dev = vm.io.device_at(port)
+    return dev.name if dev is not None else "no device"
 
 
 def handle_hlt(vm, ex):
@@ -166,14 +173,15 @@ def handle_cr_access(vm, ex):
     except GuestFault as f:
         vm.inject(events.Event(f.vector, events.HW_EXCEPTION, f.error_code))
         return Resume(lambda: f"mov cr{cr}, {value:#x}: #GP injected ({f.why})", advance=False)
-    vm.cpu.set_cr(cr, value)
-    if cr in (0, 3, 4):
-        vm.cpu.flush_tlb()
-    return Resume(lambda: f"mov cr{cr}, {gpr} <- {value:#x}")
+    vm.cpu.set_cr(cr, value)        # the engine flushes its TLB as the CPU would
+    vm.tlb.flush()
+    if not vm.tracing:
+        return RESUME
+    return Resume(f"mov cr{cr}, {gpr} <- {value:#x}")
 
 
 def handle_invlpg(vm, ex):
-    vm.cpu.flush_tlb(ex.gla)
+    vm.flush_tlb(ex.gla)
     return Resume(lambda: f"INVLPG {ex.gla:#x}: TLB entry dropped")
 
 

@@ -140,5 +140,15 @@ class SoftCpu:
     def cpl(self):
         return self.segments["cs"].selector & 3 if self.cr[0] & CR0_PE else 0
 
+    @property
+    def code_bits(self):
+        cs = self.segments["cs"]
+        if self.efer & EFER_LMA and cs.flags & DESC_L:
+            return 64
+        return 32 if cs.flags & DESC_B else 16
+
+    def system_registers(self):
+        return (self.cr[0], self.cr[2], self.cr[3], self.cr[4], self.efer, 0)
+
     def flush_tlb(self, address=None):
         self.tlb_flushes.append(address)

@@ -29,7 +29,7 @@ from pyvmm.cpu.exits import (BP, CR_CLTS, CR_LMSW, CR_MOV_TO, ERROR_CODE_VECTORS
 from pyvmm.cpu.handlers import EXIT_HANDLERS, Shutdown, handle_cpuid, handle_exit
 from pyvmm.cpu.state import EFER_LMA, RFLAGS_IF
 from pyvmm.errors import GuestFault, GuestMemoryError
-from pyvmm.mm.pagewalk import Paging, read_linear
+from pyvmm.mm.pagewalk import Paging, TranslationCache, read_linear
 
 _perf = time.perf_counter_ns
 _R = ExitReason
@@ -130,6 +130,7 @@ class Vcpu:
         self.events_delivered = 0
         self.irqs_injected = 0
         self._io_forms = {}
+        self.tlb = TranslationCache()   # root mode's TLB for reading guest-linear memory
         self._ticker = Ticker(engine)
         self._preempt_deadline = None
         self._window_wanted = False
@@ -144,10 +145,16 @@ class Vcpu:
         return bool(self.cpu.efer & EFER_LMA)
 
     def paging(self):
-        return Paging.of(self.cpu)
+        cr0, _, cr3, cr4, efer, _ = self.cpu.system_registers()
+        return Paging(cr0, cr3, cr4, efer)
 
     def read_linear(self, vaddr, length):
-        return read_linear(self.mem, self.paging(), vaddr, length, user=self.cpu.cpl == 3)
+        return read_linear(self.mem, self.paging(), vaddr, length, user=self.cpu.cpl == 3, tlb=self.tlb)
+
+    def flush_tlb(self, address=None):
+        """INVLPG or a CR write: the guest's TLB and root mode's are flushed."""
+        self.tlb.flush(address)
+        self.cpu.flush_tlb(address)
 
     def inject(self, event):
         """Queue an event for delivery at the next possible point (entry)."""
@@ -171,6 +178,7 @@ class Vcpu:
             self.engine.stop_from_exit()
             return 0
         try:
+            self.engine.invalidate()      # the guest ran since the last look at CRs/EFER
             regs = self.regs
             v = self._v
             seq = v.seq = v.seq + 1
@@ -237,7 +245,7 @@ class Vcpu:
     def _decode_io(self, rip):
         insn_len = 1
         try:
-            insn = decode(self.mem, self.paging(), rip, self._bits())
+            insn = decode(self.mem, self.paging(), rip, self._bits(), self.tlb)
             if insn is not None:
                 insn_len = insn.size
                 return io_form(insn.raw) + (insn_len,)
@@ -246,13 +254,11 @@ class Vcpu:
         return (False, False, False, insn_len)
 
     def _bits(self):
-        if self.long_mode and self.cpu.get_segment("cs").flags & (1 << 21):
-            return 64
-        return 32
+        return self.cpu.code_bits
 
     def _insn(self, rip):
         try:
-            return decode(self.mem, self.paging(), rip, self._bits())
+            return decode(self.mem, self.paging(), rip, self._bits(), self.tlb)
         except (GuestFault, GuestMemoryError):
             return None
 
@@ -315,7 +321,7 @@ class Vcpu:
     def _classify_ud(self, rip):
         rip = self.regs.rip if rip is None else rip
         try:
-            raw = read_linear(self.mem, self.paging(), rip, 3, fetch=True)
+            raw = read_linear(self.mem, self.paging(), rip, 3, fetch=True, tlb=self.tlb)
         except (GuestFault, GuestMemoryError):
             raw = b""
         if raw in VMCALL_BYTES:
@@ -332,7 +338,7 @@ class Vcpu:
         the exception bitmap says so (SDM Vol. 3C, 25.2)."""
         rip = self.regs.rip
         try:
-            prev = read_linear(self.mem, self.paging(), rip - 2, 2, fetch=True)
+            prev = read_linear(self.mem, self.paging(), rip - 2, 2, fetch=True, tlb=self.tlb)
         except (GuestFault, GuestMemoryError):
             prev = b"\0\0"
         if prev[1] == 0xCC and vector == BP:

@@ -96,12 +96,37 @@ def _fault(vaddr, code, write, user, fetch):
     raise GuestFault(PF, error_code=code, cr2=vaddr, why=f"page walk of {vaddr:#x}")
 
 
-def read_linear(mem, paging, vaddr, length, user=False, fetch=False):
+class TranslationCache:
+    """Root mode's TLB: successful translations by (CR3, page, access). Like the
+    CPU's TLB it is flushed by INVLPG and by CR writes (``flush``), never holds a
+    failed walk, and may be stale in between exactly where the CPU's may be."""
+
+    LIMIT = 1024
+
+    def __init__(self):
+        self._map = {}
+
+    def translate(self, mem, paging, vaddr, write=False, user=False, fetch=False):
+        key = (paging.cr3, vaddr >> 12, write, user, fetch)
+        base = self._map.get(key)
+        if base is None:
+            base = translate(mem, paging, vaddr & ~0xFFF, write, user, fetch)
+            if len(self._map) >= self.LIMIT:
+                self._map.clear()
+            self._map[key] = base
+        return base | (vaddr & 0xFFF)
+
+    def flush(self, address=None):
+        self._map.clear()
+
+
+def read_linear(mem, paging, vaddr, length, user=False, fetch=False, tlb=None):
     """Read ``length`` bytes at guest-linear ``vaddr`` (may cross pages)."""
+    walk = tlb.translate if tlb is not None else translate
     out = bytearray()
     while length > 0:
         chunk = min(length, 0x1000 - (vaddr & 0xFFF))
-        out += mem.read(translate(mem, paging, vaddr, user=user, fetch=fetch), chunk)
+        out += mem.read(walk(mem, paging, vaddr, user=user, fetch=fetch), chunk)
         vaddr += chunk
         length -= chunk
     return bytes(out)

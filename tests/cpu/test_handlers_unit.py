@@ -18,7 +18,10 @@ def fake_vm(**kw):
     injected = []
     vm = SimpleNamespace(cpu=cpu, regs=cpu.regs, handlers=dict(EXIT_HANDLERS), msrs=MsrTable(), long_mode=True,
                          cpuid=CpuidPolicy(lambda leaf, sub: (leaf, 0x11, 0x22, 0x200)),
-                         inject=injected.append, injected=injected, halted=False, tracing=False)
+                         inject=injected.append, injected=injected, halted=False, tracing=False,
+                         tlb=SimpleNamespace(flushes=0))
+    vm.tlb.flush = lambda address=None: setattr(vm.tlb, "flushes", vm.tlb.flushes + 1)
+    vm.flush_tlb = lambda address=None: (vm.tlb.flush(address), vm.cpu.flush_tlb(address))
     vm.halt = lambda: setattr(vm, "halted", True)
     vars(vm).update(kw)
     return vm
@@ -71,7 +74,7 @@ def test_cr4_reserved_bit_gp_and_valid_write():
     assert not res.advance and vm.injected[-1].vector == 13 and vm.cpu.cr[4] == 0x20
     vm.regs.rax = 0x20 | 0x80
     res = handle_exit(vm, Exit(ExitReason.CR_ACCESS, cr_qualification(4, CR_MOV_TO, 0), insn_len=3))
-    assert res.advance and vm.cpu.cr[4] == 0xA0 and vm.cpu.tlb_flushes
+    assert res.advance and vm.cpu.cr[4] == 0xA0 and vm.tlb.flushes == 1
 
 
 def test_hlt_with_interrupts_off_stops_vm():

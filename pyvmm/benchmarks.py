@@ -1,0 +1,101 @@
+"""Measurements behind ``pyvmm bench`` and bench/: each figure next to its reference,
+measured in the same run.
+
+- exits: per exit type (names as kvm-unit-tests' x86/vmexit.c), the cost of one
+  complete exit in pyvmm and the floor, bare Unicorn running the same guest loop
+  with hooks that only return (cpu/_unicorn.BareRunner). For RDMSR, WRMSR and mov
+  to CR3, which bare Unicorn does not trap at all, the floor is the SVM intercept
+  with a hook that only steps over the instruction.
+- guest-speed: a compute-bound guest under pyvmm against bare Unicorn.
+
+Cost per event = (time of a run with N events - time of the same run with 0) / N,
+median over ``repeats`` runs, so boot and power-off are not counted.
+"""
+
+import os
+import statistics
+import time
+
+from pyvmm.boot.loader import load_kernel
+from pyvmm.cpu._unicorn import BareRunner
+from pyvmm.machine import Machine, VmConfig, guest_entry
+from pyvmm.mm.memory import GuestMemory, parse_size
+
+GUESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests", "build")
+EXIT_TESTS = ("cpuid", "vmcall", "inl_pio", "outl_pio", "rdmsr", "wrmsr", "mov_to_cr3")
+NEEDS_SVM_FLOOR = frozenset({"rdmsr", "wrmsr", "mov_to_cr3"})
+
+
+def _guest(name):
+    return os.path.join(GUESTS, name + ".elf")
+
+
+def _sink(data):
+    pass
+
+
+def run_pyvmm(kernel, cmdline, fast_paths=True, memory="64M"):
+    """Seconds to boot ``kernel`` under pyvmm until it powers off; returns (s, machine)."""
+    m = Machine(VmConfig(kernel=kernel, cmdline=cmdline, console=_sink, memory=memory))
+    m.vcpu.fast_paths = fast_paths
+    t0 = time.perf_counter()
+    status, reason = m.run()
+    elapsed = time.perf_counter() - t0
+    if status != 0:
+        raise RuntimeError(f"benchmark guest {kernel} {cmdline!r} failed: {reason}")
+    return elapsed, m
+
+
+def run_bare(kernel, cmdline, svm=False, memory="64M"):
+    """Seconds for bare Unicorn to run ``kernel`` until it writes the power-off port."""
+    mem = GuestMemory(parse_size(memory))
+    try:
+        boot = load_kernel(kernel, mem, cmdline=cmdline)
+        runner = BareRunner(mem, guest_entry(boot.entry), svm=svm)
+        t0 = time.perf_counter()
+        runner.run()
+        elapsed = time.perf_counter() - t0
+        runner.close()
+        return elapsed
+    finally:
+        mem.close()
+
+
+def _per_event(run, iters, repeats):
+    vals = []
+    for _ in range(repeats):
+        base = run(0)
+        full = run(iters)
+        vals.append((full - base) / iters * 1e9)
+    return statistics.median(vals)
+
+
+def exit_costs(iters=50_000, repeats=3, tests=EXIT_TESTS):
+    """{test: {"exit_ns", "floor_ns", "floor"} (+ "python_exit_ns" for cpuid)}."""
+    kernel = _guest("vmexit")
+    out = {}
+    for test in tests:
+        def pyvmm_run(n, fast=True):
+            return run_pyvmm(kernel, f"test={test} iters={n}", fast_paths=fast)[0]
+
+        svm = test in NEEDS_SVM_FLOOR
+        row = {"exit_ns": round(_per_event(pyvmm_run, iters, repeats)),
+               "floor_ns": round(_per_event(lambda n: run_bare(kernel, f"test={test} iters={n}", svm=svm),
+                                            iters, repeats)),
+               "floor": "bare Unicorn SVM intercept, hook steps over" if svm
+               else "bare Unicorn, Python hook that only returns"}
+        if test == "cpuid":
+            row["python_exit_ns"] = round(_per_event(lambda n: pyvmm_run(n, fast=False), iters, repeats))
+            row["exit_path"] = "in-VMM CPUID table (C), as KVM_SET_CPUID2"
+        out[test] = row
+    return out
+
+
+def guest_speed(iters=20_000_000, repeats=3):
+    """A compute-bound guest (guests/spin) under pyvmm and under bare Unicorn."""
+    kernel = _guest("spin")
+    cmd = f"iters={iters}"
+    pyvmm_s = statistics.median(run_pyvmm(kernel, cmd)[0] for _ in range(repeats))
+    bare_s = statistics.median(run_bare(kernel, cmd) for _ in range(repeats))
+    return {"pyvmm_s": round(pyvmm_s, 4), "bare_unicorn_s": round(bare_s, 4),
+            "speed_vs_bare": round(bare_s / pyvmm_s, 3), "iters": iters}
