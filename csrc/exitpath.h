@@ -16,9 +16,10 @@ typedef struct pv_frame {
     uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp;
     uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
     uint64_t rip, rflags;
+    uint64_t cs;         /* selector only (its RPL is the CPL); read, never written */
 } pv_frame;
 
-#define PV_NREGS 18
+#define PV_NREGS 19
 #define PV_NREASONS 64   /* SDM basic exit reasons used by pyvmm are < 64 */
 #define PV_MAX_CPUID 128
 #define PV_REASON_CPUID 10

@@ -3,6 +3,7 @@
     pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats]
     pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
     pyvmm step KERNEL [INITRD] [--break cpuid,io,...]   (commands on stdin; see stepper.py)
+    pyvmm bench exits|guest-speed [--json] [--iters N]
 
 Exit status: 0 when the guest powers off cleanly, 2 for bad input (a one-line
 error naming the file and the problem), otherwise non-zero with the reason.
@@ -57,7 +58,31 @@ def _parser():
     common(st, False)
     st.add_argument("--break", dest="breaks", default="",
                     help="stop only at these exits: " + ",".join(sorted(SHORT_NAMES)))
+    bench = sub.add_parser("bench", help="measure exit costs or guest speed next to bare Unicorn")
+    bench.add_argument("what", choices=("exits", "guest-speed"))
+    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--iters", type=int, default=None)
+    bench.add_argument("--repeats", type=int, default=3)
     return p
+
+
+def _bench(args):
+    from pyvmm import benchmarks
+    if args.what == "exits":
+        result = benchmarks.exit_costs(iters=args.iters or 20_000, repeats=args.repeats)
+    else:
+        result = benchmarks.guest_speed(iters=args.iters or 20_000_000, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(result))
+    elif args.what == "exits":
+        print(f"{'exit':<12} {'pyvmm ns':>10} {'floor ns':>10}  floor")
+        for name, row in result.items():
+            extra = f" (Python handler path {row['python_exit_ns']} ns)" if "python_exit_ns" in row else ""
+            print(f"{name:<12} {row['exit_ns']:>10} {row['floor_ns']:>10}  {row['floor']}{extra}")
+    else:
+        print(f"pyvmm {result['pyvmm_s']} s, bare Unicorn {result['bare_unicorn_s']} s: "
+              f"{result['speed_vs_bare']:.0%} of bare speed ({result['iters']} iterations)")
+    return 0
 
 
 def _breaks(text):
@@ -132,6 +157,12 @@ def print_stats(vcpu, out):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        try:
+            return _bench(args)
+        except PyvmmError as e:
+            print(f"pyvmm: {e}", file=sys.stderr)
+            return 2
     from pyvmm.machine import Machine
     console = None
     if args.command in ("trace", "step") and not getattr(args, "json", False):
@@ -161,7 +192,7 @@ def main(argv=None):
         print_stats(machine.vcpu, sys.stderr)
     if status != 0:
         print(f"pyvmm: guest stopped: {reason}", file=sys.stderr)
-        for ex, res in machine.vcpu.last_exits[-8:]:
+        for ex, res in list(machine.vcpu.last_exits)[-8:]:
             print(f"  last exits: #{ex.seq} {ex.reason.name} rip={ex.rip:#x} -> {res.describe()}", file=sys.stderr)
     else:
         print(f"pyvmm: {reason}", file=sys.stderr)

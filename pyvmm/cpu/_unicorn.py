@@ -90,7 +90,7 @@ _bound = False
 def _bind():
     global _bound
     if not _bound:
-        regs = [getattr(X, "UC_X86_REG_" + r.upper()) for r in GPRS + ("rip", "rflags")]
+        regs = [getattr(X, "UC_X86_REG_" + r.upper()) for r in GPRS + ("rip", "rflags", "cs")]
         insns = [X.UC_X86_INS_CPUID, X.UC_X86_INS_IN, X.UC_X86_INS_OUT, X.UC_X86_INS_SYSCALL, X.UC_X86_INS_RDTSC]
         err = lib.pv_bind(_ucmod.uclib._name.encode(), ffi.new("int[]", regs), ffi.new("int[]", insns),
                           X.UC_X86_REG_MSR)
@@ -388,6 +388,45 @@ class Engine:
     def interrupt_shadow(self):
         return bool(self.hflags() & HF_INHIBIT_IRQ)
 
+    def end_interrupt_shadow(self):
+        """Root mode completed an instruction for the guest: an STI/MOV SS shadow
+        covering it is over (what KVM's skip_emulated_instruction does too)."""
+        if self.hflags() & HF_INHIBIT_IRQ:
+            lib.pv_write_frame(self._v)
+            ctx = self._ctx_save()
+            hf = struct.unpack_from("<I", ctx, self.layout.hflags)[0]
+            struct.pack_into("<I", ctx, self.layout.hflags, hf & ~HF_INHIBIT_IRQ)
+            self._sys = None
+            if lib.pv_ctx_restore(self._v):
+                raise EngineError("uc_context_restore failed")
+
+    def snapshot(self):
+        """The whole CPU state (registers, segment caches, control registers), for
+        undoing what the engine runs after an exit that must not complete."""
+        lib.pv_write_frame(self._v)
+        return bytes(self._ctx_save())
+
+    def restore_snapshot(self, blob):
+        self._ctx[:] = blob
+        self._sys = None
+        if lib.pv_ctx_restore(self._v):
+            raise EngineError("uc_context_restore failed")
+        lib.pv_read_frame(self._v)
+
+    def end_software_interrupt(self):
+        """After an INT n / INT3 exit: clear QEMU's exception_is_int. Unicorn moves RIP
+        to exception_next_eip before every interrupt hook while that flag is set, and
+        an SVM intercept does not reset it, so a stale flag would send the next
+        intercepted exception to the INT's return address."""
+        ctx = self._ctx_save()
+        off = self.layout.error_code + 4
+        if struct.unpack_from("<i", ctx, off)[0]:
+            lib.pv_write_frame(self._v)
+            ctx = self._ctx_save()
+            struct.pack_into("<i", ctx, off, 0)
+            if lib.pv_ctx_restore(self._v):
+                raise EngineError("uc_context_restore failed")
+
     def error_code(self):
         """The error code of the exception being intercepted (SVM EXITINFO1)."""
         return struct.unpack_from("<I", self._ctx_save(), self.layout.error_code)[0]
@@ -542,17 +581,20 @@ def _calibrate_error_code(hflags_off):
     # guest: mov ds, [0x1000] (#GP(0x48): beyond the GDT limit)
     #        mov ds, [0x1002] (#GP(0x50)) ; hlt      (selectors come from memory so no
     #        general register holds the error code)
+    #        int 0x30 (a software interrupt: sets exception_is_int and exception_next_eip)
     uc.mem_write(0x1000, struct.pack("<HH", 0x48, 0x50))
-    uc.mem_write(0x100000, b"\x8e\x1c\x25\x00\x10\x00\x00\x8e\x1c\x25\x02\x10\x00\x00\xf4")
+    uc.mem_write(0x100000, b"\x8e\x1c\x25\x00\x10\x00\x00\x8e\x1c\x25\x02\x10\x00\x00\xcd\x30\xf4")
     entry = GuestEntry(rip=0x100000, rsp=0x8000, rflags=2, cr0=0x80000011, cr3=0x10000, cr4=0x20,
                        efer=0x500, gdt=(0x2000, 31), idt=(0, 0), cs=(0x10, 0, 0xFFFFFFFF, 0xA9B),
                        ds=(0x18, 0, 0xFFFFFFFF, 0xC93), exceptions=1 << 13,
                        intercepts=svm.intercept_bit(svm.VMEXIT_HLT) | svm.intercept_bit(svm.VMEXIT_VMRUN))
     _write_vmcb(uc, entry)
-    blobs, guest_flags = [], []
+    blobs, guest_flags, soft = [], [], []
 
     def intr(uc_, intno, ud):
-        if intno == svm.EXCP_VMEXIT + svm.VMEXIT_EXCP_BASE + 13:
+        if intno == 0x30:
+            soft.append(bytes(uc_.context_save()))
+        elif intno == svm.EXCP_VMEXIT + svm.VMEXIT_EXCP_BASE + 13:
             blob = bytes(uc_.context_save())
             blobs.append(blob)
             guest_flags.append(struct.unpack_from("<I", blob, hflags_off)[0])
@@ -572,7 +614,16 @@ def _calibrate_error_code(hflags_off):
              if struct.unpack_from("<I", a, o)[0] == 0x48 and struct.unpack_from("<I", b, o)[0] == 0x50]
     if len(cands) != 1:
         raise EngineError(f"calibration: error_code offset ambiguous ({cands})")
-    return cands[0]
+    error_code = cands[0]
+    # QEMU keeps exception_is_int (int) and exception_next_eip (target_ulong) right
+    # after error_code; check that on the software interrupt.
+    if len(soft) != 1:
+        raise EngineError("calibration guest did not take its INT 0x30")
+    is_int, next_eip = struct.unpack_from("<iQ", soft[0], error_code + 4)[0], \
+        struct.unpack_from("<Q", soft[0], error_code + 8)[0]
+    if is_int != 1 or next_eip != 0x100010:
+        raise EngineError(f"calibration: exception_is_int/next_eip not after error_code ({is_int}, {next_eip:#x})")
+    return error_code
 
 
 def native_cpuid(leaf, subleaf=0):

@@ -36,11 +36,16 @@ class TripleFault(Exception):
 
 
 class Event:
-    """A pending event (the VM-entry interruption-information field, as data)."""
-    __slots__ = ("vector", "kind", "error_code", "cr2")
+    """A pending event (the VM-entry interruption-information field, as data).
 
-    def __init__(self, vector, kind=HW_EXCEPTION, error_code=None, cr2=None):
+    ``fault_rip``: for software interrupts, whose frame holds the address after the
+    INT instruction, the address of the INT itself: a fault while delivering one is
+    reported there (SDM Vol. 3A, 6.12.1.1)."""
+    __slots__ = ("vector", "kind", "error_code", "cr2", "fault_rip")
+
+    def __init__(self, vector, kind=HW_EXCEPTION, error_code=None, cr2=None, fault_rip=None):
         self.vector, self.kind, self.error_code, self.cr2 = vector, kind, error_code, cr2
+        self.fault_rip = fault_rip
 
     def __repr__(self):
         ec = "" if self.error_code is None else f" error_code={self.error_code:#x}"
@@ -210,6 +215,8 @@ def deliver_event(cpu, mem, event):
             deliver(cpu, mem, current)
             return current
         except GuestFault as nested:
+            if current.fault_rip is not None:
+                cpu.regs.rip = current.fault_rip
             if current.vector == DF and current.kind == HW_EXCEPTION:
                 raise TripleFault(f"fault {nested.vector} ({nested.why}) while delivering #DF") from None
             first_bad = current.kind == HW_EXCEPTION and (current.vector in CONTRIBUTORY or current.vector == PF)

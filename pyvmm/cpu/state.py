@@ -86,6 +86,7 @@ class Registers:
     r15: int = 0
     rip: int = 0
     rflags: int = RFLAGS_FIXED
+    cs: int = 0
 
 
 @dataclass
@@ -152,3 +153,6 @@ class SoftCpu:
 
     def flush_tlb(self, address=None):
         self.tlb_flushes.append(address)
+
+    def end_interrupt_shadow(self):
+        self.interrupt_shadow = False

@@ -23,7 +23,8 @@ from pyvmm.cpu import events
 from pyvmm.cpu._unicorn import OUTSIDE_EXIT, PV_CPUID, PV_IN, PV_INTR, PV_INVALID, PV_OUT, PV_RDTSC, PV_SYSCALL
 from pyvmm.cpu import svm
 from pyvmm.cpu.decode import cr_operands, decode, io_form, memory_operand_address
-from pyvmm.cpu.exits import (BP, CR_CLTS, CR_LMSW, CR_MOV_TO, ERROR_CODE_VECTORS, OF, PF, UD, Exit, ExitReason,
+from pyvmm.cpu.ioperm import io_allowed
+from pyvmm.cpu.exits import (BP, CR_CLTS, GP, CR_LMSW, CR_MOV_TO, ERROR_CODE_VECTORS, OF, PF, UD, Exit, ExitReason,
                              cr_qualification, intr_info, io_qualification, INTR_TYPE_HW_EXCEPTION,
                              INTR_TYPE_SW_EXCEPTION)
 from pyvmm.cpu.handlers import EXIT_HANDLERS, Shutdown, handle_cpuid, handle_exit
@@ -130,6 +131,7 @@ class Vcpu:
         self.events_delivered = 0
         self.irqs_injected = 0
         self._io_forms = {}
+        self._rewind = None             # CPU state to restore before a pending fault
         self.tlb = TranslationCache()   # root mode's TLB for reading guest-linear memory
         self._ticker = Ticker(engine)
         self._preempt_deadline = None
@@ -177,6 +179,8 @@ class Vcpu:
         if self.stopped:                # the VM is stopping: let nothing else happen
             self.engine.stop_from_exit()
             return 0
+        if self._rewind is not None:    # an I/O fault is being undone (see _io_fault)
+            return self._ignored_exit(kind, b)
         try:
             self.engine.invalidate()      # the guest ran since the last look at CRs/EFER
             regs = self.regs
@@ -187,6 +191,9 @@ class Vcpu:
                 ex = _new_exit(Exit, (_R.CPUID, 0, regs.rip, 2, 0, 0, 0, 0, 0, seq))
             elif kind == PV_IN or kind == PV_OUT:
                 rip = regs.rip
+                cpl = regs.cs & 3
+                if cpl and cpl > (regs.rflags >> 12) & 3 and not self._io_permitted(a, b, cpl):
+                    return self._io_fault(rip, kind, b)
                 form = self._io_forms.get(rip)
                 if form is None:
                     form = self._io_forms[rip] = self._decode_io(rip)
@@ -225,6 +232,7 @@ class Vcpu:
         res = handler(self, ex) if handler is not None else handle_exit(self, ex)
         if not in_block and res.advance and ex.insn_len:
             self.regs.rip = (self.regs.rip + ex.insn_len) & 0xFFFF_FFFF_FFFF_FFFF
+            self.engine.end_interrupt_shadow()
         self.last_exits.append((ex, res))
         if observers:
             t1 = _perf()
@@ -241,6 +249,30 @@ class Vcpu:
         if self.halted or self.stopped:
             self.engine.stop_from_exit()
         return res.value
+
+    def _io_permitted(self, port, size, cpl):
+        return io_allowed(self.cpu, self.mem, self.paging(), port, size, cpl, self.regs.rflags, self.tlb)
+
+    def _io_fault(self, rip, kind, size):
+        """CPL > IOPL and the TSS bitmap denies the port: #GP(0) at the instruction.
+
+        Unicorn cannot abort an instruction from its I/O hook (it skips the I/O
+        permission check entirely, and the rest of the translated block runs after
+        the hook). So the CPU state is saved here, before the instruction takes
+        effect; the device is not touched; every exit until the engine stops is
+        ignored; and the saved state is restored before #GP is delivered. Stores to
+        memory made by the rest of the block cannot be undone."""
+        self._rewind = self.engine.snapshot()
+        self.inject(events.Event(GP, events.HW_EXCEPTION, 0))
+        self.engine.stop_from_exit()
+        return self._ignored_exit(kind, size)
+
+    def _ignored_exit(self, kind, size):
+        """What an exit returns while a rewind is pending: nothing changes."""
+        self.engine.stop_from_exit()
+        if kind == PV_IN:
+            return self.regs.rax & ((1 << (8 * size)) - 1)
+        return 1 if kind == PV_INVALID else 0
 
     def _decode_io(self, rip):
         insn_len = 1
@@ -337,6 +369,7 @@ class Vcpu:
         instruction. Hardware delivers them without an exit, except #BP/#OF when
         the exception bitmap says so (SDM Vol. 3C, 25.2)."""
         rip = self.regs.rip
+        self.engine.end_software_interrupt()
         try:
             prev = read_linear(self.mem, self.paging(), rip - 2, 2, fetch=True, tlb=self.tlb)
         except (GuestFault, GuestMemoryError):
@@ -350,7 +383,7 @@ class Vcpu:
         if kind == events.SW_EXCEPTION and self.controls.exception_bitmap & (1 << vector):
             return Exit(_R.EXCEPTION_NMI, 0, rip - length, length, intr_info(vector, INTR_TYPE_SW_EXCEPTION),
                         seq=self._v.seq)
-        self.inject(events.Event(vector, kind))
+        self.inject(events.Event(vector, kind, fault_rip=rip - length))
         self._deliver_pending()
         return None
 
@@ -402,6 +435,9 @@ class Vcpu:
         return self.status, self.reason
 
     def _enter(self):
+        if self._rewind is not None:
+            self.engine.restore_snapshot(self._rewind)
+            self._rewind = None
         self.tracing = bool(self.observers)
         self.engine.set_fast_cpuid(self.fast_paths and self.handlers.get(_R.CPUID) is handle_cpuid
                                    and not self.observers)
