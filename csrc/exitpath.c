@@ -11,6 +11,8 @@
 #define UC_HOOK_INTR (1 << 0)
 #define UC_HOOK_INSN (1 << 1)
 #define UC_HOOK_INSN_INVALID (1 << 14)
+#define UC_HOOK_CODE (1 << 2)
+#define RFLAGS_IF 0x200
 
 enum { INS_CPUID, INS_IN, INS_OUT, INS_SYSCALL, INS_RDTSC, NINS };
 static int insn_ids[NINS];
@@ -257,4 +259,41 @@ int pv_msr_access(pv_vcpu *v, uint8_t *msrpm_byte, uint32_t index, uint64_t *val
     if (!write)
         *value = m.value;
     return err;
+}
+
+/* Interrupt-window exiting. While an interrupt waits for IF=1, this code hook runs
+ * before every guest instruction and stops the engine at the second consecutive
+ * boundary with IF=1: the first is the instruction in an STI shadow, which must run
+ * (SDM Vol. 3A, 6.8.3). After POPF/IRET this delivers one instruction later than
+ * the earliest point, which the architecture allows. */
+static void cb_window(void *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    pv_vcpu *v = ud;
+    uint64_t rflags = 0;
+    p_reg_read(uc, regids[17], &rflags);
+    if (!(rflags & RFLAGS_IF)) {
+        v->window_if_seen = 0;
+    } else if (v->window_if_seen) {
+        v->window_hit = 1;
+        p_emu_stop(uc);
+    } else {
+        v->window_if_seen = 1;
+    }
+}
+
+/* Install (on=1) or remove the window hook. The caller flushes translated code so
+ * that the hook reaches blocks translated before. */
+int pv_window(pv_vcpu *v, int on)
+{
+    if (on && !v->window_hook) {
+        v->window_if_seen = 0;
+        v->window_hit = 0;
+        return p_hook_add(v->uc, &v->window_hook, UC_HOOK_CODE, (void *)cb_window, v, (uint64_t)1, (uint64_t)0);
+    }
+    if (!on && v->window_hook) {
+        int err = p_hook_del(v->uc, v->window_hook);
+        v->window_hook = 0;
+        return err;
+    }
+    return 0;
 }

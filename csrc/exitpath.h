@@ -58,6 +58,9 @@ typedef struct pv_vcpu {
     uint64_t reason_ns[PV_NREASONS];   /* time in root mode, by reason */
     uint64_t observer_ns;         /* time spent in observers during this exit (not counted) */
     int fast_cpuid;               /* serve CPUID from the table below without calling Python */
+    size_t window_hook;           /* the interrupt-window code hook while one is wanted, else 0 */
+    int window_if_seen;           /* IF was 1 at the previous instruction boundary */
+    int window_hit;               /* the engine stopped because the guest became interruptible */
     int ncpuid;
     pv_cpuid_entry cpuid[PV_MAX_CPUID];
 } pv_vcpu;

@@ -38,6 +38,7 @@ int pv_ctx_restore(pv_vcpu *v);
 uint8_t *pv_ctx_bytes(pv_vcpu *v);
 void pv_account(pv_vcpu *v, int reason, uint64_t ns);
 uint64_t pv_now_ns(void);
+int pv_window(pv_vcpu *v, int on);
 """)
 with open(os.path.join(HERE, "exitpath.c")) as f:
     ffibuilder.set_source("pyvmm._exitpath", f.read(), include_dirs=[HERE],

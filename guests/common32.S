@@ -3,20 +3,15 @@
 # pyvmm enters a 32-bit ELF kernel in protected mode with paging off (docs/platform.md):
 # CS = 0x10 (flat 32-bit code) and DS = ES = SS = 0x18 from a boot GDT at 0x2000,
 # ESI = 0x3000 (the zero page), ESP = 0x8000, EFLAGS = 0x2, IDT limit 0.
-# This is the 32-bit counterpart of common64.S, with the same names and conventions:
-#
-#   _start        remember the entry state, switch to our own stack, init the UART, call main
-#   setup_cpu     our own GDT (with ring-3 segments and a 32-bit TSS), IDT and PICs
-#   isr_*         256 interrupt stubs and the common entry/exit code; per-vector records
-#   run_user      drop to ring 3; `int $0x80` from ring 3 comes back
-#   run_guarded   call a function from which an exception handler may bail out (escape)
-#   timer_irq     an IRQ 0 handler that counts ticks
-#   check_*       the value-printing side of the CHECK_* macros
+# This is the 32-bit counterpart of common64.S, with the same routines, names and
+# conventions (see the list there), minus the page tables: the 32-bit guests start with
+# paging off, and exceptions32.S turns it on itself. The differences worth noticing are in
+# the interrupt path: 8-byte gates, 4-byte stack slots, the CPU pushes SS:ESP only when the
+# privilege level changes, and DS/ES must be reloaded on entry from ring 3.
 
 	.include "macros.inc"
 
 TSS32_SIZE = 104
-ISR_STUB_SIZE = 16
 
 	.text
 
@@ -36,9 +31,7 @@ _start:
 	mov %esi, boot_params
 
 	mov $stack_top, %esp        # our own kernel stack in .bss
-	call serial_init
-	call main
-	jmp poweroff                # main returned: we are done
+	jmp start_kernel            # lib.S: init the UART, call main, power off
 
 # ---------------------------------------------------------------------------------------
 # setup_cpu: load our own GDT, TSS and IDT; initialise the PICs with every IRQ masked.
@@ -62,11 +55,8 @@ setup_cpu:
 	mov %ax, %gs
 	mov $TSS_SEL, %ax
 	ltr %ax                     # the CPU now takes SS0:ESP0 from our TSS
-
 	call setup_idt
-	mov $0xFFFF, %eax
-	call pic_init               # all IRQs masked until a guest wants one
-	ret
+	jmp interrupt_defaults      # lib.S: default handlers, PICs with all IRQs masked
 
 # setup_idt: point every vector at its stub (8-byte 32-bit interrupt gates: IF is cleared).
 setup_idt:
@@ -89,30 +79,13 @@ setup_idt:
 	movb $0xEE, idt + VEC_BP * 8 + 5       # DPL 3: ring 3 may execute int3 ...
 	movb $0xEE, idt + VEC_SYSCALL * 8 + 5  # ... and int $0x80
 	lidt idt_desc
-
-	SET_HANDLER VEC_BP, isr_return     # int3 is a trap: just continue after it
-	SET_HANDLER VEC_PF, pf_fixup
-	SET_HANDLER VEC_SYSCALL, isr_syscall_exit
 	ret
 
 # ---------------------------------------------------------------------------------------
-# Interrupt entry (see common64.S: the same design with 32-bit registers).
+# Interrupt entry: the stubs (isr_stubs in lib.S) push an error code (the CPU's or a dummy)
+# and the vector, then jump here.
 # ---------------------------------------------------------------------------------------
-	.balign 16
-isr_stubs:
-vec = 0
-.rept 256
-	.balign ISR_STUB_SIZE
-.if (vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 13) || (vec == 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
-	# the CPU pushed an error code for this exception
-.else
-	pushl $0
-.endif
-	pushl $vec
-	jmp isr_common
-vec = vec + 1
-.endr
-
+	.globl isr_common
 isr_common:
 	push %ds
 	push %es
@@ -158,6 +131,8 @@ isr_dispatch:
 1:	cmp $32, %eax
 	jae 2f
 	incl exceptions_taken
+	cmpl $EXCEPTION_LIMIT, exceptions_taken
+	ja isr_storm
 2:	mov vec_handler(, %eax, 8), %ecx
 	test %ecx, %ecx
 	jz isr_default
@@ -179,30 +154,6 @@ isr_default:
 	jmp 1b
 2:	mov 4(%ecx), %eax
 	mov %eax, F_IP(%edi)        # continue after the faulting instruction
-	ret
-
-isr_unexpected:
-	PUTS "FAIL: unexpected interrupt: vector "
-	mov F_VEC(%edi), %eax
-	call puthex
-	PUTS " error "
-	mov F_ERR(%edi), %eax
-	call puthex
-	PUTS " at "
-	mov F_CS(%edi), %eax
-	call puthex
-	PUTS ":"
-	mov F_IP(%edi), %eax
-	call puthex
-	PUTS " cr2 "
-	mov %cr2, %eax
-	call puthex
-	call newline
-	mov $1, %al
-	jmp debug_exit
-
-	.globl isr_return
-isr_return:
 	ret
 
 # pf_fixup: put back the page-table entry a test cleared (pf_fix_ptr / pf_fix_val) and
@@ -235,11 +186,11 @@ timer_irq:
 # with `mov $value, %edi; int $0x80`, and run_user returns eax = value.
 	.globl run_user
 run_user:
-	push %ebx
-	push %ebp
-	push %esi
-	push %edi
-	mov %esp, escape_esp
+	mov %edi, %edx
+	mov $enter_user, %edi
+	jmp run_guarded             # enter_user(esi = EFLAGS, edx = entry point)
+
+enter_user:
 	mov $USER_DS, %ax           # iret to ring 3 would null DS/ES if they kept DPL-0 selectors
 	mov %ax, %ds
 	mov %ax, %es
@@ -247,18 +198,18 @@ run_user:
 	pushl $user_stack_top       # ESP
 	push %esi                   # EFLAGS
 	pushl $USER_CS              # CS: RPL 3 makes iret switch to ring 3
-	push %edi                   # EIP
+	push %edx                   # EIP
 	iret
 
-# run_guarded: edi = function to call at ring 0. Returns its eax, or the value an exception
-# handler passes to escape.
+# run_guarded: edi = function to call at ring 0 (esi, edx: its arguments). Returns its eax,
+# or the value an exception handler passes to escape.
 	.globl run_guarded
 run_guarded:
 	push %ebx
 	push %ebp
 	push %esi
 	push %edi
-	mov %esp, escape_esp
+	mov %esp, escape_sp
 	call *%edi
 escape_return:
 	pop %edi
@@ -271,12 +222,8 @@ escape_return:
 # and return from run_user / run_guarded (isr_common already reloaded DS/ES).
 	.globl escape
 escape:
-	mov escape_esp, %esp
+	mov escape_sp, %esp
 	jmp escape_return
-
-isr_syscall_exit:
-	mov F_DI(%edi), %eax
-	jmp escape
 
 # ---------------------------------------------------------------------------------------
 # Printing and the CHECK_* macros
@@ -292,48 +239,37 @@ puthex:
 	RESTORE cx
 	ret
 
-# check_masked: the stack holds the return address, name, mask, want, got.
+# check_masked: the stack holds the return address, name, mask, want, got (CHECK_BITS).
 	.globl check_masked
 check_masked:
-	SAVE ax, si
-	mov 24(%esp), %eax          # got
-	and 16(%esp), %eax          # & mask
-	mov 12(%esp), %esi          # name
-	cmp 20(%esp), %eax          # == want?
-	jne 1f
-	call check_pass
-	jmp 2f
-1:	call check_fail_begin
-	call puthex
-	call check_fail_want
-	mov 20(%esp), %eax
-	call puthex
-	call newline
-2:	RESTORE si, ax
+	SAVE ax, bx, cx, dx, si
+	mov 36(%esp), %eax          # got
+	and 28(%esp), %eax          # & mask
+	mov 32(%esp), %edx          # want
+	mov 24(%esp), %esi          # name
+	cmp %edx, %eax
+	sete %cl
+	mov $0, %ch
+	call check_report
+	RESTORE si, dx, cx, bx, ax
 	ret $16
 
-# check_range: the stack holds the return address, name, hi, lo, got.
+# check_range: the stack holds the return address, name, hi, lo, got (CHECK_RANGE).
 	.globl check_range
 check_range:
-	SAVE ax, si
-	mov 24(%esp), %eax          # got
-	mov 12(%esp), %esi          # name
-	cmp 20(%esp), %eax
-	jb 1f                       # got < lo
-	cmp 16(%esp), %eax
-	ja 1f                       # got > hi
-	call check_pass
-	jmp 2f
-1:	call check_fail_begin
-	call puthex
-	call check_fail_want
-	mov 20(%esp), %eax
-	call puthex
-	PUTS ".."
-	mov 16(%esp), %eax
-	call puthex
-	call newline
-2:	RESTORE si, ax
+	SAVE ax, bx, cx, dx, si
+	mov 36(%esp), %eax          # got
+	mov 32(%esp), %edx          # lo
+	mov 28(%esp), %ebx          # hi
+	mov 24(%esp), %esi          # name
+	cmp %ebx, %eax
+	setbe %ch                   # got <= hi
+	cmp %edx, %eax
+	setae %cl                   # got >= lo
+	and %ch, %cl
+	mov $1, %ch
+	call check_report
+	RESTORE si, dx, cx, bx, ax
 	ret $16
 
 # ---------------------------------------------------------------------------------------
@@ -379,25 +315,10 @@ tss:
 	.skip 102 - 12              # ESP1/SS1 .. LDT selector, trap flag: unused
 	.word TSS32_SIZE            # I/O map base
 
-	.section .user.data, "aw"
-	.balign 8
-	.globl ticks, ticks_cpl3
-ticks:          .long 0         # IRQ 0 count (timer_irq)
-ticks_cpl3:     .long 0         # ... of which interrupted ring 3
-
-	.section .user.bss, "aw", @nobits
-	.balign 4096
-	.globl user_stack_top
-user_stack:     .skip 4096
-user_stack_top:
-
 	.bss
 	.balign 4096
 	.globl idt
 idt:            .skip 256 * 8
-	.globl exc_rec, vec_handler
-exc_rec:        .skip 256 * REC_SIZE
-vec_handler:    .skip 256 * 8   # 8-byte slots in both widths (SET_HANDLER)
 
 	.balign 16
 stack:          .skip 16384     # the kernel stack main() runs on
@@ -416,9 +337,3 @@ entry_cs:       .skip 4
 entry_ds:       .skip 4
 entry_es:       .skip 4
 entry_ss:       .skip 4
-	.globl last_vector, exceptions_taken, pf_fix_ptr, pf_fix_val
-last_vector:    .skip 4
-exceptions_taken: .skip 4       # deliveries of vectors 0..31
-pf_fix_ptr:     .skip 4
-pf_fix_val:     .skip 4
-escape_esp:     .skip 4

@@ -5,20 +5,22 @@
 # identity map of 0..4 GiB at 0x9000, RSI = 0x3000 (the zero page), RSP = 0x8000, RFLAGS = 0x2
 # and an IDT with limit 0. This file provides:
 #
-#   _start        remember the entry state, switch to our own stack, init the UART, call main
-#   setup_cpu     our own page tables, GDT (with ring-3 segments and a TSS), IDT and PICs
-#   isr_*         256 interrupt stubs and the common entry/exit code; per-vector records
+#   _start        remember the entry state, switch to our own stack, go to start_kernel
+#   setup_cpu     our own page tables, GDT (with ring-3 segments and a 64-bit TSS), IDT and PICs
+#   isr_common    the interrupt entry/exit behind the stubs in lib.S; fills exc_rec[vector]
+#   isr_default   TRY fix-ups for exceptions without a handler
+#   pf_fixup      the default #PF handler: put back a page-table entry a test cleared
 #   run_user      drop to ring 3; `int $0x80` from ring 3 comes back
 #   run_guarded   call a function from which an exception handler may bail out (escape)
 #   timer_irq     an IRQ 0 handler that counts ticks
-#   check_*       the value-printing side of the CHECK_* macros
+#   puthex, check_masked, check_range   the width-dependent half of printing and checks
 #
-# Only code the guests actually share lives here; each guest's main() is in its own file.
+# What is the same in 32-bit and 64-bit code (serial output, PIC/PIT, the interrupt stubs,
+# check reporting, power-off) lives in lib.S.
 
 	.include "macros.inc"
 
 TSS_SIZE = 104
-ISR_STUB_SIZE = 16
 
 	.text
 
@@ -39,9 +41,7 @@ _start:
 	mov %esi, boot_params(%rip)
 
 	lea stack_top(%rip), %rsp   # our own kernel stack in .bss
-	call serial_init
-	call main
-	jmp poweroff                # main returned: we are done
+	jmp start_kernel            # lib.S: init the UART, call main, power off
 
 # ---------------------------------------------------------------------------------------
 # setup_cpu: replace everything the VMM set up with our own structures. Clobbers rax, rcx,
@@ -84,11 +84,8 @@ setup_cpu:
 	mov %eax, %gs
 	mov $TSS_SEL, %ax
 	ltr %ax                     # the CPU now takes RSP0 / IST1 from our TSS
-
 	call setup_idt
-	mov $0xFFFF, %eax
-	call pic_init               # all IRQs masked until a guest wants one
-	ret
+	jmp interrupt_defaults      # lib.S: default handlers, PICs with all IRQs masked
 
 # build_page_tables: identity map 0..4 GiB like the VMM did, but
 #  - the first 2 MiB with 4 KiB pages (pt0), so a test can unmap or remap a single page, and
@@ -181,32 +178,14 @@ setup_idt:
 	movb $1, idt + VEC_DF * 16 + 4(%rip)          # #DF runs on IST1: a known-good stack
 	movb $1, idt + VEC_IST * 16 + 4(%rip)         # test gate for IST delivery
 	lidt idt_desc(%rip)
-
-	SET_HANDLER VEC_BP, isr_return     # int3 is a trap: just continue after it
-	SET_HANDLER VEC_PF, pf_fixup
-	SET_HANDLER VEC_SYSCALL, isr_syscall_exit
 	SET_HANDLER VEC_IST, isr_return
 	ret
 
 # ---------------------------------------------------------------------------------------
-# Interrupt entry. Each vector has a 16-byte stub that makes the stack look the same for
-# every vector (a dummy error code where the CPU pushes none, then the vector number).
+# Interrupt entry: the stubs (isr_stubs in lib.S) push an error code (the CPU's or a dummy)
+# and the vector, then jump here.
 # ---------------------------------------------------------------------------------------
-	.balign 16
-isr_stubs:
-vec = 0
-.rept 256
-	.balign ISR_STUB_SIZE
-.if (vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 13) || (vec == 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
-	# the CPU pushed an error code for this exception
-.else
-	pushq $0
-.endif
-	pushq $vec
-	jmp isr_common
-vec = vec + 1
-.endr
-
+	.globl isr_common
 isr_common:
 	push %rax
 	push %rcx
@@ -274,6 +253,8 @@ isr_dispatch:
 1:	cmp $32, %rax
 	jae 2f
 	incq exceptions_taken(%rip)
+	cmpq $EXCEPTION_LIMIT, exceptions_taken(%rip)
+	ja isr_storm
 2:	lea vec_handler(%rip), %rcx
 	mov (%rcx, %rax, 8), %rcx
 	test %rcx, %rcx
@@ -297,30 +278,6 @@ isr_default:
 	jmp 1b
 2:	mov 8(%rcx), %rax
 	mov %rax, F_IP(%rdi)        # continue after the faulting instruction
-	ret
-
-isr_unexpected:
-	PUTS "FAIL: unexpected interrupt: vector "
-	mov F_VEC(%rdi), %rax
-	call puthex
-	PUTS " error "
-	mov F_ERR(%rdi), %rax
-	call puthex
-	PUTS " at "
-	mov F_CS(%rdi), %rax
-	call puthex
-	PUTS ":"
-	mov F_IP(%rdi), %rax
-	call puthex
-	PUTS " cr2 "
-	mov %cr2, %rax
-	call puthex
-	call newline
-	mov $1, %al
-	jmp debug_exit
-
-	.globl isr_return
-isr_return:
 	ret
 
 # pf_fixup: the default #PF handler. A test that unmaps a page sets pf_fix_ptr to the page
@@ -356,23 +313,21 @@ timer_irq:
 # `mov $value, %edi; int $0x80`, and run_user returns rax = value.
 	.globl run_user
 run_user:
-	push %rbx
-	push %rbp
-	push %r12
-	push %r13
-	push %r14
-	push %r15
-	mov %rsp, escape_rsp(%rip)
+	mov %rdi, %rdx
+	lea enter_user(%rip), %rdi
+	jmp run_guarded             # enter_user(rsi = RFLAGS, rdx = entry point)
+
+enter_user:
 	pushq $USER_DS              # SS
 	lea user_stack_top(%rip), %rax
 	push %rax                   # RSP
 	push %rsi                   # RFLAGS
 	pushq $USER_CS              # CS: RPL 3 makes iretq switch to ring 3
-	push %rdi                   # RIP
+	push %rdx                   # RIP
 	iretq
 
-# run_guarded: rdi = function to call at ring 0. Returns its rax, or the value an exception
-# handler passes to escape.
+# run_guarded: rdi = function to call at ring 0 (rsi, rdx: its arguments). Returns its rax,
+# or the value an exception handler passes to escape.
 	.globl run_guarded
 run_guarded:
 	push %rbx
@@ -381,7 +336,7 @@ run_guarded:
 	push %r13
 	push %r14
 	push %r15
-	mov %rsp, escape_rsp(%rip)
+	mov %rsp, escape_sp(%rip)
 	call *%rdi
 escape_return:
 	pop %r15
@@ -396,13 +351,8 @@ escape_return:
 # (we are at ring 0 already, so no iret is needed) and returns from run_user / run_guarded.
 	.globl escape
 escape:
-	mov escape_rsp(%rip), %rsp
+	mov escape_sp(%rip), %rsp
 	jmp escape_return
-
-# The int $0x80 handler: the ring-3 code is done; return its rdi from run_user.
-isr_syscall_exit:
-	mov F_DI(%rdi), %rax
-	jmp escape
 
 # ---------------------------------------------------------------------------------------
 # Printing 64-bit values and the CHECK_* macros
@@ -432,45 +382,34 @@ puthex:
 # pushed by CHECK_BITS / CHECK_EQ; `ret $32` drops the four arguments.
 	.globl check_masked
 check_masked:
-	SAVE ax, si
-	mov 48(%rsp), %rax          # got
-	and 32(%rsp), %rax          # & mask
-	mov 24(%rsp), %rsi          # name
-	cmp 40(%rsp), %rax          # == want?
-	jne 1f
-	call check_pass
-	jmp 2f
-1:	call check_fail_begin
-	call puthex
-	call check_fail_want
-	mov 40(%rsp), %rax
-	call puthex
-	call newline
-2:	RESTORE si, ax
+	SAVE ax, bx, cx, dx, si
+	mov 72(%rsp), %rax          # got
+	and 56(%rsp), %rax          # & mask
+	mov 64(%rsp), %rdx          # want
+	mov 48(%rsp), %rsi          # name
+	cmp %rdx, %rax
+	sete %cl
+	mov $0, %ch
+	call check_report
+	RESTORE si, dx, cx, bx, ax
 	ret $32
 
 # check_range: the stack holds the return address, name, hi, lo, got (see CHECK_RANGE).
 	.globl check_range
 check_range:
-	SAVE ax, si
-	mov 48(%rsp), %rax          # got
-	mov 24(%rsp), %rsi          # name
-	cmp 40(%rsp), %rax
-	jb 1f                       # got < lo
-	cmp 32(%rsp), %rax
-	ja 1f                       # got > hi
-	call check_pass
-	jmp 2f
-1:	call check_fail_begin
-	call puthex
-	call check_fail_want
-	mov 40(%rsp), %rax
-	call puthex
-	PUTS ".."
-	mov 32(%rsp), %rax
-	call puthex
-	call newline
-2:	RESTORE si, ax
+	SAVE ax, bx, cx, dx, si
+	mov 72(%rsp), %rax          # got
+	mov 64(%rsp), %rdx          # lo
+	mov 56(%rsp), %rbx          # hi
+	mov 48(%rsp), %rsi          # name
+	cmp %rdx, %rax
+	setae %cl                   # got >= lo
+	cmp %rbx, %rax
+	setbe %ch                   # got <= hi
+	and %ch, %cl
+	mov $1, %ch
+	call check_report
+	RESTORE si, dx, cx, bx, ax
 	ret $32
 
 # ---------------------------------------------------------------------------------------
@@ -515,19 +454,6 @@ tss:
 	.word 0
 	.word TSS_SIZE              # I/O map base
 
-# Variables ring 3 reads live in the .user section (U/S pages).
-	.section .user.data, "aw"
-	.balign 8
-	.globl ticks, ticks_cpl3
-ticks:          .quad 0         # IRQ 0 count (timer_irq)
-ticks_cpl3:     .quad 0         # ... of which interrupted ring 3
-
-	.section .user.bss, "aw", @nobits
-	.balign 4096
-	.globl user_stack_top
-user_stack:     .skip 4096
-user_stack_top:
-
 	.bss
 	.balign 4096
 pml4:           .skip 4096
@@ -537,9 +463,6 @@ pd:             .skip 4 * 4096  # four page directories: 0..4 GiB
 pt0:            .skip 4096      # 4 KiB pages for 0..2 MiB
 	.globl idt
 idt:            .skip 256 * 16
-	.globl exc_rec, vec_handler
-exc_rec:        .skip 256 * REC_SIZE
-vec_handler:    .skip 256 * 8
 
 	.balign 16
 stack:          .skip 16384     # the kernel stack main() runs on
@@ -560,9 +483,3 @@ entry_cs:       .skip 8
 entry_ds:       .skip 8
 entry_es:       .skip 8
 entry_ss:       .skip 8
-	.globl last_vector, exceptions_taken, pf_fix_ptr, pf_fix_val
-last_vector:    .skip 8
-exceptions_taken: .skip 8       # deliveries of vectors 0..31
-pf_fix_ptr:     .skip 8
-pf_fix_val:     .skip 8
-escape_rsp:     .skip 8

@@ -15,8 +15,6 @@
 	.include "macros.inc"
 
 DEMAND_PAGES = 4
-MSR_BOGUS = 0x4B564DFF
-BAD_SELECTOR = 0x1230               # GDT index 0x246: far beyond our GDT limit
 
 	.text
 	.globl main
@@ -38,34 +36,21 @@ main:
 	jmp checks_finish
 
 # ---------------------------------------------------------------------------------------
-# #PF: demand paging. unmap_page clears the present bit of one of the demand_pages; the next
-# access faults, pf_demand sets the bit again and the CPU retries the access.
+# #PF: demand paging (PF_ROUND in macros.inc). unmap_page clears the present bit of one of
+# the demand_pages; the next access faults, pf_demand sets the bit again and the CPU
+# retries the access.
 # ---------------------------------------------------------------------------------------
 
-# PF_ROUND name, page, error, insn: unmap demand page `page` (its address in rdi), run insn,
-# which must fault exactly once with `error`, CR2 = rdi and the saved RIP = insn.
-.macro PF_ROUND name:req, page:req, err:req, insn:vararg
-	lea demand_pages+(\page)*4096(%rip), %rdi
-	call unmap_page
-	CLEAR_REC VEC_PF
-.Lpf_round\@:
-	\insn
-	CHECK_REC "\name\()_delivered", VEC_PF, REC_COUNT, $1
-	CHECK_REC "\name\()_error_code", VEC_PF, REC_ERR, \err
-	CHECK_REC "\name\()_cr2", VEC_PF, REC_CR2, %rdi
-	CHECK_REC "\name\()_rip", VEC_PF, REC_RIP, $.Lpf_round\@
-.endm
-
 page_faults:
-	PF_ROUND "pf_write_1", 0, $PF_W, movq $0x1111, (%rdi)
+	PF_ROUND "pf_write_1", demand_pages, $PF_W, movq $0x1111, (%rdi)
 	CHECK_EQ "pf_write_1_landed", (%rdi), $0x1111
-	PF_ROUND "pf_write_2", 0, $PF_W, movq $0x2222, (%rdi)
+	PF_ROUND "pf_write_2", demand_pages, $PF_W, movq $0x2222, (%rdi)
 	CHECK_EQ "pf_write_2_landed", (%rdi), $0x2222
-	PF_ROUND "pf_write_3", 1, $PF_W, movq $0x3333, (%rdi)
+	PF_ROUND "pf_write_3", demand_pages+4096, $PF_W, movq $0x3333, (%rdi)
 	CHECK_EQ "pf_write_3_landed", (%rdi), $0x3333
-	PF_ROUND "pf_read_1", 0, $0, mov (%rdi), %rax
+	PF_ROUND "pf_read_1", demand_pages, $0, mov (%rdi), %rax
 	CHECK_EQ "pf_read_1_value", %rax, $0x2222
-	PF_ROUND "pf_read_2", 1, $0, mov (%rdi), %rax
+	PF_ROUND "pf_read_2", demand_pages+4096, $0, mov (%rdi), %rax
 	CHECK_EQ "pf_read_2_value", %rax, $0x3333
 
 	# One instruction, two page faults: MOVSQ reads page 2 (fault, fixed, retried) and then
@@ -130,24 +115,7 @@ pf_demand:
 # #UD, #DE, #BP and #GP at ring 0, each several times in a row.
 # ---------------------------------------------------------------------------------------
 simple_faults:
-	.irp n, 1, 2, 3
-	TRY_EXPECT "ud2_\n", VEC_UD, $0, ud2
-	.endr
-
-	.irp n, 1, 2, 3
-	mov $\n, %eax
-	xor %edx, %edx
-	xor %ecx, %ecx
-	TRY_EXPECT "div_by_zero_\n", VEC_DE, $0, div %rcx
-	.endr
-
-	.irp n, 1, 2, 3
-	CLEAR_REC VEC_BP
-	int3
-.Lafter_int3_\n:
-	CHECK_REC "int3_\n\()_delivered", VEC_BP, REC_COUNT, $1
-	CHECK_REC "int3_\n\()_rip_after_int3", VEC_BP, REC_RIP, $.Lafter_int3_\n
-	.endr
+	FAULT_ROUNDS
 
 	movabs $0x8000000000000000, %rax    # not canonical: bits 63..47 differ
 	TRY_EXPECT "gp_noncanonical_address", VEC_GP, $0, mov (%rax), %rax
@@ -155,9 +123,6 @@ simple_faults:
 	TRY_EXPECT "gp_selector_beyond_gdt", VEC_GP, $BAD_SELECTOR, mov %eax, %ds
 	mov $MSR_BOGUS, %ecx
 	TRY_EXPECT "gp_unimplemented_msr", VEC_GP, $0, rdmsr
-	mov %cr4, %rax
-	bts $63, %rax                       # CR4 bits 63..32 are reserved
-	TRY_EXPECT "gp_reserved_cr4_bit63", VEC_GP, $0, mov %rax, %cr4
 	ret
 
 # ---------------------------------------------------------------------------------------
@@ -166,10 +131,7 @@ simple_faults:
 # ---------------------------------------------------------------------------------------
 
 ring3_faults:
-	# int n checks the gate's DPL against CPL: #GP(vector * 8 + 2), "2" = the IDT flag
-	USER_EXPECT "user_int_dpl0_gate_gp", user_int81, VEC_GP, $(0x81*8+2), user_int81_insn
-	# IOPL 0 and no I/O permission bitmap in the TSS: #GP(0)
-	USER_EXPECT "user_out_gp", user_out, VEC_GP, $0, user_out_insn
+	USER_GP_FAULTS
 	# supervisor pages: #PF with P (protection violation) and U (from ring 3)
 	USER_EXPECT "user_read_kernel_pf", user_read_kernel, VEC_PF, $(PF_P|PF_U), user_read_insn
 	CHECK_REC "user_read_kernel_pf_cr2", VEC_PF, REC_CR2, $kernel_secret
@@ -197,25 +159,11 @@ bp_with_ud2:
 	ret
 
 # ---------------------------------------------------------------------------------------
-# Double fault: with the #GP gate marked not present, delivering a #GP raises #NP; two
-# contributory exceptions in a row make a #DF (error code 0), which our IDT sends to IST1.
-# A #DF cannot be returned from, so its handler escapes back to run_guarded.
+# Double fault (CHECK_DOUBLE_FAULT in macros.inc); 64-bit mode sends it to IST1.
 # ---------------------------------------------------------------------------------------
 double_fault:
-	SET_HANDLER VEC_DF, df_escape
-	CLEAR_REC VEC_DF
-	CLEAR_REC VEC_NP
-	CLEAR_REC VEC_GP
-	andb $0x7F, idt+VEC_GP*16+5(%rip)   # clear the P bit of the #GP gate
-	mov $df_trigger, %edi
-	call run_guarded
-	orb $0x80, idt+VEC_GP*16+5(%rip)    # and set it again
-	CHECK_EQ "df_handler_escaped", %rax, $VEC_DF
-	CHECK_REC "df_delivered", VEC_DF, REC_COUNT, $1
-	CHECK_REC "df_error_code_0", VEC_DF, REC_ERR, $0
+	CHECK_DOUBLE_FAULT df_trigger
 	CHECK_REC "df_on_ist1_stack", VEC_DF, REC_FRAME, $ist1_stack_top-40
-	CHECK_REC "df_np_not_delivered", VEC_NP, REC_COUNT, $0
-	CHECK_REC "df_gp_not_delivered", VEC_GP, REC_COUNT, $0
 	ret
 
 df_trigger:
@@ -224,26 +172,14 @@ df_trigger:
 	xor %eax, %eax                  # not reached
 	ret
 
-df_escape:
-	mov $VEC_DF, %eax
-	jmp escape
-
 # ---------------------------------------------------------------------------------------
 	.section .user.text, "ax"
-user_int81:
-	TRY user_int81_insn, int $0x81
-	jmp user_done
-user_out:
-	TRY user_out_insn, outb %al, $0x80
-	jmp user_done
 user_read_kernel:
 	TRY user_read_insn, mov kernel_secret(%rip), %rax
-	jmp user_done
+	jmp user_exit
 user_write_kernel:
 	TRY user_write_insn, movq $0, kernel_secret(%rip)
-user_done:
-	mov $0x600D, %edi
-	int $0x80
+	jmp user_exit                   # (in USER_GP_FAULTS)
 
 	.section .rodata
 guest_name:     .asciz "exceptions"

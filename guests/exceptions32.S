@@ -12,12 +12,11 @@
 
 CR0_PG  = 1 << 31
 CR4_PSE = 1 << 4                    # page size extension: 4 MiB pages in the page directory
-MSR_BOGUS = 0x4B564DFF
-BAD_SELECTOR = 0x1230               # GDT index 0x246: far beyond our GDT limit
 
 	.text
 	.globl main
 main:
+	call check_entry_state          # before setup_cpu changes anything
 	call setup_cpu
 	call simple_faults
 	call ring3_faults
@@ -33,28 +32,30 @@ main:
 	jmp checks_finish
 
 # ---------------------------------------------------------------------------------------
+# Entry state of the 32-bit boot protocol (docs/platform.md): protected mode, paging off.
+# ---------------------------------------------------------------------------------------
+check_entry_state:
+	CHECK_EQ "entry_esi_is_zero_page", entry_esi, $0x3000
+	CHECK_EQ "entry_esp", entry_esp, $0x8000
+	CHECK_EQ "entry_eflags", entry_eflags, $0x2
+	CHECK_EQ "entry_cs", entry_cs, $0x10
+	CHECK_EQ "entry_ds", entry_ds, $0x18
+	CHECK_EQ "entry_es", entry_es, $0x18
+	CHECK_EQ "entry_ss", entry_ss, $0x18
+	mov %cr0, %eax
+	CHECK_BITS "entry_cr0_pe_without_pg", %eax, $(CR0_PG|1), $1
+	sgdt desc_buf
+	CHECK_EQ "entry_gdt_base", desc_buf+2, $0x2000
+	sidt desc_buf
+	movzwl desc_buf, %eax
+	CHECK_EQ "entry_idt_limit_0", %eax, $0
+	ret
+
+# ---------------------------------------------------------------------------------------
 # #UD, #DE, #BP and #GP at ring 0, several times in a row.
 # ---------------------------------------------------------------------------------------
 simple_faults:
-	.irp n, 1, 2, 3
-	TRY_EXPECT "ud2_\n", VEC_UD, $0, ud2
-	.endr
-
-	.irp n, 1, 2, 3
-	mov $\n, %eax
-	xor %edx, %edx
-	xor %ecx, %ecx
-	TRY_EXPECT "div_by_zero_\n", VEC_DE, $0, div %ecx
-	.endr
-
-	.irp n, 1, 2, 3
-	CLEAR_REC VEC_BP
-	int3
-.Lafter_int3_\n:
-	CHECK_REC "int3_\n\()_delivered", VEC_BP, REC_COUNT, $1
-	CHECK_REC "int3_\n\()_rip_after_int3", VEC_BP, REC_RIP, $.Lafter_int3_\n
-	CHECK_REC "int3_\n\()_saved_cs", VEC_BP, REC_CS, $KERNEL_CS
-	.endr
+	FAULT_ROUNDS
 
 	mov $BAD_SELECTOR, %eax
 	TRY_EXPECT "gp_selector_beyond_gdt", VEC_GP, $BAD_SELECTOR, mov %eax, %ds
@@ -92,10 +93,7 @@ ring3_faults:
 	CHECK_REC "ring3_hlt_gp_saved_user_ss", VEC_GP, REC_SS, $USER_DS
 	CHECK_REC "ring3_hlt_gp_on_tss_esp0_stack", VEC_GP, REC_FRAME, $tss_stack_top-TSS_FRAME
 
-	# int n checks the gate's DPL against CPL: #GP(vector * 8 + 2), "2" = the IDT flag
-	USER_EXPECT "user_int_dpl0_gate_gp", user_int81, VEC_GP, $(0x81*8+2), user_int81_insn
-	# IOPL 0 and no I/O permission bitmap in the TSS: #GP(0)
-	USER_EXPECT "user_out_gp", user_out, VEC_GP, $0, user_out_insn
+	USER_GP_FAULTS
 	ret
 
 # ---------------------------------------------------------------------------------------
@@ -134,29 +132,17 @@ enable_paging:
 	ret
 
 # ---------------------------------------------------------------------------------------
-# #PF: unmap pf_page; the default handler (pf_fixup) restores its PTE and the access is
-# retried. Four page faults in a row.
+# #PF (PF_ROUND in macros.inc): unmap pf_page; the default handler (pf_fixup) restores its
+# PTE and the access is retried. Four page faults in a row.
 # ---------------------------------------------------------------------------------------
-.macro PF_ROUND name:req, err:req, insn:vararg
-	mov $pf_page, %edi
-	call unmap_page
-	CLEAR_REC VEC_PF
-.Lpf_round\@:
-	\insn
-	CHECK_REC "\name\()_delivered", VEC_PF, REC_COUNT, $1
-	CHECK_REC "\name\()_error_code", VEC_PF, REC_ERR, \err
-	CHECK_REC "\name\()_cr2", VEC_PF, REC_CR2, $pf_page
-	CHECK_REC "\name\()_rip", VEC_PF, REC_RIP, $.Lpf_round\@
-.endm
-
 page_faults:
-	PF_ROUND "pf_write_1", $PF_W, movl $0x1111, (%edi)
+	PF_ROUND "pf_write_1", pf_page, $PF_W, movl $0x1111, (%edi)
 	CHECK_EQ "pf_write_1_landed", (%edi), $0x1111
-	PF_ROUND "pf_write_2", $PF_W, movl $0x2222, (%edi)
+	PF_ROUND "pf_write_2", pf_page, $PF_W, movl $0x2222, (%edi)
 	CHECK_EQ "pf_write_2_landed", (%edi), $0x2222
-	PF_ROUND "pf_write_3", $PF_W, movl $0x3333, (%edi)
+	PF_ROUND "pf_write_3", pf_page, $PF_W, movl $0x3333, (%edi)
 	CHECK_EQ "pf_write_3_landed", (%edi), $0x3333
-	PF_ROUND "pf_read_1", $0, mov (%edi), %eax
+	PF_ROUND "pf_read_1", pf_page, $0, mov (%edi), %eax
 	CHECK_EQ "pf_read_1_value", %eax, $0x3333
 	ret
 
@@ -174,23 +160,10 @@ unmap_page:
 	ret
 
 # ---------------------------------------------------------------------------------------
-# Double fault: the #GP gate is marked not present, so delivering #GP raises #NP, and two
-# contributory exceptions make a #DF (error code 0). Its handler escapes to run_guarded.
+# Double fault (CHECK_DOUBLE_FAULT in macros.inc).
 # ---------------------------------------------------------------------------------------
 double_fault:
-	SET_HANDLER VEC_DF, df_escape
-	CLEAR_REC VEC_DF
-	CLEAR_REC VEC_NP
-	CLEAR_REC VEC_GP
-	andb $0x7F, idt + VEC_GP * 8 + 5    # clear the P bit of the #GP gate
-	mov $df_trigger, %edi
-	call run_guarded
-	orb $0x80, idt + VEC_GP * 8 + 5     # and set it again
-	CHECK_EQ "df_handler_escaped", %eax, $VEC_DF
-	CHECK_REC "df_delivered", VEC_DF, REC_COUNT, $1
-	CHECK_REC "df_error_code_0", VEC_DF, REC_ERR, $0
-	CHECK_REC "df_np_not_delivered", VEC_NP, REC_COUNT, $0
-	CHECK_REC "df_gp_not_delivered", VEC_GP, REC_COUNT, $0
+	CHECK_DOUBLE_FAULT df_trigger
 	ret
 
 df_trigger:
@@ -199,25 +172,13 @@ df_trigger:
 	xor %eax, %eax                  # not reached
 	ret
 
-df_escape:
-	mov $VEC_DF, %eax
-	jmp escape
-
 # ---------------------------------------------------------------------------------------
 	.section .user.text, "ax"
 user_int3_hlt:
 	int3                            # #BP through a DPL-3 gate
 user_after_int3:
 	TRY user_hlt, hlt               # privileged at CPL 3: #GP(0)
-	jmp user_done
-user_int81:
-	TRY user_int81_insn, int $0x81
-	jmp user_done
-user_out:
-	TRY user_out_insn, outb %al, $0x80
-user_done:
-	mov $0x600D, %edi
-	int $0x80
+	jmp user_exit                   # (in USER_GP_FAULTS)
 
 	.section .rodata
 guest_name:     .asciz "exceptions32"
@@ -227,3 +188,4 @@ guest_name:     .asciz "exceptions32"
 page_dir:       .skip 4096
 pt0:            .skip 4096
 pf_page:        .skip 4096
+desc_buf:       .skip 8

@@ -12,6 +12,13 @@
 
 	.text
 
+# start_kernel: _start (common32.S / common64.S) jumps here once it has a stack.
+	.globl start_kernel
+start_kernel:
+	call serial_init
+	call main                   # every guest defines main
+	jmp poweroff                # main returned: we are done
+
 # ---------------------------------------------------------------------------------------
 # Serial console: COM1, a 16550A UART. We poll the line status register instead of using
 # the UART interrupt (IRQ 4), so printing works before any IDT exists.
@@ -171,9 +178,32 @@ debug_exit:
 	jmp 1b
 
 # ---------------------------------------------------------------------------------------
-# Check bookkeeping (the CHECK_* macros in macros.inc call check_masked / check_range in
-# common32.S / common64.S, which print the values and call these).
+# Check bookkeeping. The CHECK_* macros call check_masked / check_range (common32.S /
+# common64.S), which compare the values and call check_report.
 # ---------------------------------------------------------------------------------------
+
+# check_report: cl = 1 if the check passed, esi = its name, AX = the value got, DX = the value
+# wanted (or the lowest one allowed); if ch = 1, BX = the highest one allowed. AX, BX, DX are
+# native-width registers (rax or eax ...). Prints "ok <name>" or
+# "FAIL <name>: got <AX> want <DX>" (or "want <DX>..<BX>").
+	.globl check_report
+check_report:
+	test %cl, %cl
+	jz 1f
+	jmp check_pass
+1:	call check_fail_begin
+	call puthex
+	call check_fail_want
+	SAVE ax
+	COPYREG dx, ax
+	call puthex
+	test %ch, %ch
+	jz 2f
+	PUTS ".."
+	COPYREG bx, ax
+	call puthex
+2:	RESTORE ax
+	jmp newline
 
 # check_pass: esi = check name. Prints "ok <name>".
 	.globl check_pass
@@ -217,6 +247,97 @@ checks_finish:
 	PUTS " checks failed\n"
 	mov $1, %al
 	jmp debug_exit
+
+# ---------------------------------------------------------------------------------------
+# Interrupt entry, the part that is the same in both widths (common32.S / common64.S hold
+# isr_common, which saves the registers, and the IDT setup).
+# ---------------------------------------------------------------------------------------
+
+# One 16-byte stub per vector. It makes every interrupt frame look the same: the CPU pushes
+# an error code only for some exceptions, so the others push a dummy 0; then the vector.
+	.balign 16
+	.globl isr_stubs
+isr_stubs:
+vec = 0
+.rept 256
+	.balign ISR_STUB_SIZE
+.if (vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 13) || (vec == 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+	# the CPU pushed an error code for this exception
+.else
+	push $0
+.endif
+	push $vec
+	jmp isr_common
+vec = vec + 1
+.endr
+
+# interrupt_defaults: the handlers every guest starts with; both PICs initialised with all
+# IRQs masked (IRQ 0..15 at vectors 0x20..0x2F). setup_cpu ends here.
+	.globl interrupt_defaults
+interrupt_defaults:
+	SET_HANDLER VEC_BP, isr_return            # int3 is a trap: just continue after it
+	SET_HANDLER VEC_PF, pf_fixup
+	SET_HANDLER VEC_SYSCALL, isr_syscall_exit
+	SET_HANDLER IRQ_BASE+7, isr_return        # spurious IRQ 7 (a PIC artefact): no EOI
+	SET_HANDLER IRQ_BASE+15, isr_spurious_slave
+	mov $0xFFFF, %eax
+	jmp pic_init
+
+# isr_unexpected: frame in rdi/edi. Nobody expected this interrupt: a bug in the guest or
+# in the VMM. Report it and end the VM with exit code 1.
+	.globl isr_unexpected, isr_storm
+isr_unexpected:
+	PUTS "FAIL: unexpected interrupt: vector "
+	jmp 1f
+# isr_storm: more than EXCEPTION_LIMIT exceptions. None of the guests takes nearly that
+# many, so an exception is being retried forever (for instance because the saved RIP of a
+# fault is wrong and the handler "fixes" the wrong instruction). Stop instead of looping.
+isr_storm:
+	PUTS "FAIL: exception storm (more than 1000 exceptions), the last: vector "
+1:	LOAD_FRAME F_VEC
+	call puthex
+	PUTS " error "
+	LOAD_FRAME F_ERR
+	call puthex
+	PUTS " at "
+	LOAD_FRAME F_CS
+	call puthex
+	PUTS ":"
+	LOAD_FRAME F_IP
+	call puthex
+	PUTS " cr2 "
+.if BITS == 64
+	mov %cr2, %rax
+.else
+	mov %cr2, %eax
+.endif
+	call puthex
+	call newline
+	mov $1, %al
+	jmp debug_exit
+
+# isr_return: a handler with nothing to do.
+	.globl isr_return
+isr_return:
+	ret
+
+# A spurious IRQ 15 is not in service at the slave, but the master did deliver IRQ 2.
+isr_spurious_slave:
+	mov $2, %al
+	jmp pic_eoi
+
+# isr_syscall_exit: the `int $0x80` handler. The ring-3 code is done: run_user returns the
+# value it left in edi.
+isr_syscall_exit:
+	LOAD_FRAME F_DI
+	jmp escape
+
+# isr_escape: an exception handler (frame in edi/rdi) that abandons the interrupted code:
+# run_guarded / run_user (common32.S / common64.S) return the vector number.
+	.globl isr_escape
+isr_escape:
+	mov F_VEC(%edi), %eax
+	jmp escape
 
 # ---------------------------------------------------------------------------------------
 # 8259A interrupt controllers and the 8254 timer
@@ -356,9 +477,31 @@ parse_dec:
 .Lempty:
 	.asciz ""
 
-	.bss
+# Variables ring 3 reads live in the .user section (U/S pages in the 64-bit guests).
+	.section .user.data, "aw"
 	.balign 8
+	.globl ticks, ticks_cpl3
+ticks:          .quad 0         # IRQ 0 count (timer_irq)
+ticks_cpl3:     .quad 0         # ... of which interrupted ring 3
+
+	.section .user.bss, "aw", @nobits
+	.balign 4096
+	.globl user_stack_top
+user_stack:     .skip 4096      # the stack run_user gives ring 3
+user_stack_top:
+
+	.bss
+	.balign 16
+	.globl exc_rec, vec_handler
+exc_rec:        .skip 256 * REC_SIZE    # what the last delivery of each vector looked like
+vec_handler:    .skip 256 * 8   # SET_HANDLER: function per vector, 0 = isr_default
 	.globl boot_params, checks_passed, checks_failed
 boot_params:    .skip 8         # the zero page address found in RSI/ESI at entry
 checks_passed:  .skip 4
 checks_failed:  .skip 4
+	.globl last_vector, exceptions_taken, pf_fix_ptr, pf_fix_val, escape_sp
+last_vector:    .skip 8         # the vector delivered last
+exceptions_taken: .skip 8       # deliveries of vectors 0..31
+pf_fix_ptr:     .skip 8         # pf_fixup: the page-table entry to put back ...
+pf_fix_val:     .skip 8         # ... and its value
+escape_sp:      .skip 8         # run_guarded: the stack pointer escape returns to

@@ -13,6 +13,7 @@
 
 PIT_DIVISOR_100HZ = 11932           # 1193182 Hz / 11932 = 100.0 Hz
 TICKS_WANTED = 50
+MAX_HLT_RETURNS = 1000
 
 	.text
 	.globl main
@@ -30,12 +31,16 @@ main:
 	mov $0xFFFE, %eax
 	call pic_set_mask               # unmask IRQ 0
 
+	PUTS "timer: waiting for 50 ticks at 100 Hz\n"
 1:	sti                             # STI's shadow covers HLT: no tick can sneak in between
 	hlt                             # sleep until the next interrupt
 	cli
 	inc %r13
 	cmpq $TICKS_WANTED, ticks(%rip)
-	jb 1b
+	jae 2f
+	cmp $MAX_HLT_RETURNS, %r13      # HLT keeps returning without ticks: give up, the checks
+	jb 1b                           # below will say what went wrong
+2:
 
 	rdtsc
 	shl $32, %rdx

@@ -25,6 +25,7 @@ GUESTS = {                         # name -> (ELF class, e_machine)
     "exceptions": (64, "EM_X86_64"),
     "crash": (64, "EM_X86_64"),
     "spin": (64, "EM_X86_64"),
+    "vmexit": (64, "EM_X86_64"),
     "hello32": (32, "EM_386"),
     "exceptions32": (32, "EM_386"),
 }

@@ -505,6 +505,21 @@ class Engine:
             e.eax, e.ebx, e.ecx, e.edx = a, b, c, d
         self._v.ncpuid = len(entries)
 
+    def set_window_exiting(self, on):
+        """Stop the guest as soon as it can take an interrupt (see pv_window in
+        csrc/exitpath.c). Translated code is flushed so the hook reaches it."""
+        on = bool(on)
+        if on != bool(self._v.window_hook):
+            if lib.pv_window(self._v, int(on)):
+                raise EngineError("cannot change the interrupt-window hook")
+            self.uc.ctl_flush_tb()
+
+    @property
+    def window_hit(self):
+        hit = bool(self._v.window_hit)
+        self._v.window_hit = 0
+        return hit
+
     def set_fast_cpuid(self, on):
         self._v.fast_cpuid = int(bool(on))
 

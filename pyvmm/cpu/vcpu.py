@@ -458,11 +458,14 @@ class Vcpu:
     def _inject_irq(self):
         pic = self.platform.pic
         if not pic.has_pending():
-            self._window_wanted = False
+            if self._window_wanted:
+                self._window_wanted = False
+                self.engine.set_window_exiting(False)
             return
         if self.regs.rflags & RFLAGS_IF and not self.engine.interrupt_shadow:
             if self._window_wanted or self.controls.interrupt_window_exiting:
                 self._window_wanted = False
+                self.engine.set_window_exiting(False)
                 self._loop_exit(_R.INTERRUPT_WINDOW)
                 if self.stopped:
                     return
@@ -472,6 +475,7 @@ class Vcpu:
             self._deliver_pending()
         else:
             self._window_wanted = True
+            self.engine.set_window_exiting(True)
 
     def _after_slice(self):
         if self.stopped:
