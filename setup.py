@@ -6,7 +6,6 @@ setup(
     description="An x86 paravirtual hypervisor emulator in Python around Unicorn",
     packages=find_packages(include=["pyvmm", "pyvmm.*"]),
     python_requires=">=3.10",
-    setup_requires=["cffi>=1.15"],
     install_requires=[
         "unicorn==2.1.4",
         "capstone>=5.0",

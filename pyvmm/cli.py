@@ -99,7 +99,9 @@ def _config(args, console):
     from pyvmm.machine import VmConfig
     return VmConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=args.memory,
                     exception_bitmap=_exception_bitmap(args.exceptions), rdtsc_exiting=args.rdtsc_exiting,
-                    console=console)
+                    console=console,
+                    # an interactive `boot` types into COM1; step reads its commands from stdin
+                    stdin=args.command == "boot" and sys.stdin.isatty())
 
 
 def describe_exit(vcpu, ex):

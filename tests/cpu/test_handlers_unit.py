@@ -106,3 +106,74 @@ def test_exception_handler_reflects_with_error_code():
     res = handle_exit(vm, ex)
     ev = vm.injected[0]
     assert (ev.vector, ev.kind, ev.error_code, ev.cr2) == (14, events.HW_EXCEPTION, 2, 0x5000) and not res.advance
+
+
+def test_io_handler_reads_and_writes_the_bus():
+    from pyvmm.devices.bus import IoBus
+    from pyvmm.devices.serial import Serial16550
+    out = bytearray()
+    bus = IoBus()
+    bus.register(Serial16550(out.extend))
+    vm = fake_vm(io=bus)
+    handle_exit(vm, Exit(ExitReason.IO_INSTRUCTION, io_qualification(0x3FF, 1, False), value=0x5A))
+    res = handle_exit(vm, Exit(ExitReason.IO_INSTRUCTION, io_qualification(0x3FF, 1, True)))
+    assert res.value == 0x5A                                   # scratch register reads back
+    handle_exit(vm, Exit(ExitReason.IO_INSTRUCTION, io_qualification(0x3F8, 1, False), value=0x41))
+    assert out == b"A"
+    res = handle_exit(vm, Exit(ExitReason.IO_INSTRUCTION, io_qualification(0x1234, 4, True)))
+    assert res.value == 0xFFFFFFFF                             # nobody there: all ones
+
+
+def test_vmcall_dispatches_xen_numbering():
+    from pyvmm.pv.hypercall import Hypercalls
+    vm = fake_vm(hypercalls=Hypercalls(0x1), read_linear=lambda a, n: b"abc"[:n], console_write=None)
+    written = []
+    vm.console_write = written.append
+    vm.regs.rax, vm.regs.rdi = 17, 0
+    handle_exit(vm, Exit(ExitReason.VMCALL, insn_len=3))
+    assert vm.regs.rax == 1
+    vm.regs.rax = 999
+    handle_exit(vm, Exit(ExitReason.VMCALL, insn_len=3))
+    assert vm.regs.rax == (-38) & 0xFFFFFFFFFFFFFFFF           # -ENOSYS
+    vm.regs.rax, vm.regs.rdi, vm.regs.rsi, vm.regs.rdx = 18, 0, 3, 0x1000
+    handle_exit(vm, Exit(ExitReason.VMCALL, insn_len=3))
+    assert vm.regs.rax == 3 and written == [b"abc"]
+    vm.regs.rax, vm.regs.rdi, vm.regs.rsi = 18, 0, 1 << 40     # a huge count is refused
+    handle_exit(vm, Exit(ExitReason.VMCALL, insn_len=3))
+    assert vm.regs.rax == (-22) & 0xFFFFFFFFFFFFFFFF
+
+
+def test_sched_op_shutdown_poweroff_stops_cleanly():
+    from pyvmm.pv.hypercall import Hypercalls
+    vm = fake_vm(hypercalls=Hypercalls(0x1), read_linear=lambda a, n: b"\0\0\0\0")
+    vm.regs.rax, vm.regs.rdi, vm.regs.rsi = 29, 2, 0x2000
+    res = handle_exit(vm, Exit(ExitReason.VMCALL, insn_len=3))
+    assert isinstance(res, Shutdown) and res.status == 0
+
+
+def test_invlpg_flushes_the_address():
+    vm = fake_vm()
+    handle_exit(vm, Exit(ExitReason.INVLPG, 0x7000, insn_len=3, gla=0x7000))
+    assert vm.cpu.tlb_flushes == [0x7000] and vm.tlb.flushes == 1
+
+
+def test_rdtsc_splits_the_counter():
+    vm = fake_vm(guest_tsc=lambda: 0x1_2345_6789)
+    handle_exit(vm, Exit(ExitReason.RDTSC, insn_len=2))
+    assert (vm.regs.rdx, vm.regs.rax) == (1, 0x2345_6789)
+
+
+@pytest.mark.parametrize("reason", [ExitReason.EXTERNAL_INTERRUPT, ExitReason.INTERRUPT_WINDOW,
+                                    ExitReason.PREEMPTION_TIMER])
+def test_asynchronous_exits_resume_without_advancing(reason):
+    res = handle_exit(fake_vm(), Exit(reason, rip=0x1000))
+    assert not isinstance(res, Shutdown) and not res.advance
+
+
+def test_triple_fault_stops_the_vm():
+    res = handle_exit(fake_vm(), Exit(ExitReason.TRIPLE_FAULT))
+    assert isinstance(res, Shutdown) and res.status == 1 and "triple fault" in res.reason
+
+
+def test_wbinvd_completes():
+    assert handle_exit(fake_vm(), Exit(ExitReason.WBINVD, insn_len=2)).advance
