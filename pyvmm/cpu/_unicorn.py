@@ -42,8 +42,7 @@ from unicorn.unicorn_py3 import unicorn as _ucmod  # noqa: E402
 from pyvmm import _exitpath  # noqa: E402
 from pyvmm.cpu import svm  # noqa: E402
 from pyvmm.cpu import svm as svm_mod  # noqa: E402  (for code where "svm" is a parameter)
-from pyvmm.cpu.state import (DESC_B, DESC_L, CR0_PE, EFER_LMA, GPRS, SEG_NAMES, Segment,  # noqa: E402
-                             Table)
+from pyvmm.cpu.state import DESC_B, DESC_L, CR0_PE, GPRS, SEG_NAMES, Segment, Table  # noqa: E402
 from pyvmm.errors import EngineError  # noqa: E402
 from pyvmm.mm.layout import VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE  # noqa: E402
 

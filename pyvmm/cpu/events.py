@@ -16,7 +16,7 @@ Table 6-5), leaving the guest state as it was before the failed attempt.
 import struct
 
 from pyvmm.cpu.exits import DF, ERROR_CODE_VECTORS, GP, NP, PF, SS, TS
-from pyvmm.cpu.state import (CR0_PE, DESC_L, DESC_P, DESC_S, EFER_LMA, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF,
+from pyvmm.cpu.state import (CR0_PE, DESC_L, DESC_S, EFER_LMA, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF,
                              RFLAGS_TF, RFLAGS_VM, Segment)
 from pyvmm.errors import GuestFault
 from pyvmm.mm.pagewalk import Paging, read_linear, write_linear

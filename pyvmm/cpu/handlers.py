@@ -15,7 +15,7 @@ was injected instead). Notes say what the handler did, for traces.
 """
 
 from pyvmm.cpu import events
-from pyvmm.cpu.exits import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, GP, GPR_NAMES,
+from pyvmm.cpu.exits import (CR_CLTS, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, GP, GPR_NAMES,
                              IO_SIZE_OF_CODE, ExitReason, decode_cr_qualification, decode_intr_info)
 from pyvmm.cpu.state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_IF)
 from pyvmm.errors import GuestFault
@@ -100,14 +100,20 @@ def handle_vmcall(vm, ex):
     return Resume(lambda: f"hypercall {name}({number}) -> {result}")
 
 
+def _inject_fault(vm, fault, what):
+    """The instruction faults instead of completing: queue the fault, do not advance."""
+    vm.inject(events.Event(fault.vector, events.HW_EXCEPTION, fault.error_code))
+    return Resume(f"{what}: {EXCEPTION_NAMES.get(fault.vector, fault.vector)} injected ({fault.why})",
+                  advance=False)
+
+
 def handle_rdmsr(vm, ex):
     regs = vm.regs
     index = regs.rcx & 0xFFFFFFFF
     try:
         value = vm.msrs.read(vm.cpu, index)
-    except GuestFault as f:
-        vm.inject(events.Event(f.vector, events.HW_EXCEPTION, f.error_code))
-        return Resume(lambda: f"RDMSR {index:#x}: #GP injected ({f.why})", advance=False)
+    except GuestFault as fault:
+        return _inject_fault(vm, fault, f"RDMSR {index:#x}")
     regs.rax, regs.rdx = value & 0xFFFFFFFF, value >> 32
     return Resume(lambda: f"RDMSR {index:#x} -> {value:#x}")
 
@@ -118,9 +124,8 @@ def handle_wrmsr(vm, ex):
     value = (regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF)
     try:
         vm.msrs.write(vm.cpu, index, value)
-    except GuestFault as f:
-        vm.inject(events.Event(f.vector, events.HW_EXCEPTION, f.error_code))
-        return Resume(lambda: f"WRMSR {index:#x}: #GP injected ({f.why})", advance=False)
+    except GuestFault as fault:
+        return _inject_fault(vm, fault, f"WRMSR {index:#x}")
     return Resume(lambda: f"WRMSR {index:#x} <- {value:#x}")
 
 
@@ -170,9 +175,8 @@ def handle_cr_access(vm, ex):
         value = (old & ~0xE) | (q["lmsw_data"] & 0xF) | (old & 1)
     try:
         check_cr_write(vm.cpu, cr, value)
-    except GuestFault as f:
-        vm.inject(events.Event(f.vector, events.HW_EXCEPTION, f.error_code))
-        return Resume(lambda: f"mov cr{cr}, {value:#x}: #GP injected ({f.why})", advance=False)
+    except GuestFault as fault:
+        return _inject_fault(vm, fault, f"mov cr{cr}, {value:#x}")
     vm.cpu.set_cr(cr, value)        # the engine flushes its TLB as the CPU would
     vm.tlb.flush()
     if not vm.tracing:

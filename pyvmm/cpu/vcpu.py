@@ -320,7 +320,6 @@ class Vcpu:
             if insn.mnemonic == "clts":
                 q = cr_qualification(0, CR_CLTS)
             elif insn.mnemonic == "lmsw":
-                ops = cr_operands(insn)
                 q = cr_qualification(0, CR_LMSW, lmsw_data=self._lmsw_source(insn))
             else:
                 cr, gpr, _ = cr_operands(insn)

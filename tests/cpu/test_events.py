@@ -10,7 +10,7 @@ import pytest
 
 from pyvmm.boot.entry import write_identity_page_tables
 from pyvmm.cpu import events
-from pyvmm.cpu.state import EFER_LMA, EFER_LME, Segment, SoftCpu, Table
+from pyvmm.cpu.state import EFER_LMA, EFER_LME, SoftCpu, Table
 from pyvmm.mm.memory import GuestMemory
 
 GDT, IDT, TSS = 0x10000, 0x11000, 0x12000

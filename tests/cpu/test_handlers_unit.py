@@ -177,3 +177,10 @@ def test_triple_fault_stops_the_vm():
 
 def test_wbinvd_completes():
     assert handle_exit(fake_vm(), Exit(ExitReason.WBINVD, insn_len=2)).advance
+
+
+def test_fault_notes_are_readable_when_tracing():
+    vm = fake_vm(tracing=True)
+    vm.regs.rcx = 0x4B564DFF
+    res = handle_exit(vm, Exit(ExitReason.RDMSR, insn_len=2))
+    assert "#GP injected" in res.describe() and "0x4b564dff" in res.describe()
