@@ -265,11 +265,19 @@ int pv_msr_access(pv_vcpu *v, uint8_t *msrpm_byte, uint32_t index, uint64_t *val
  * before every guest instruction and stops the engine at the second consecutive
  * boundary with IF=1: the first is the instruction in an STI shadow, which must run
  * (SDM Vol. 3A, 6.8.3). After POPF/IRET this delivers one instruction later than
- * the earliest point, which the architecture allows. */
+ * the earliest point, which the architecture allows. A hook on every instruction
+ * slows the guest many times over, so it watches at most PV_WINDOW_BUDGET
+ * instructions; longer IRQ-off stretches (Linux's TSC calibration) are left to
+ * root mode's polling. */
 static void cb_window(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     pv_vcpu *v = ud;
     uint64_t rflags = 0;
+    if (--v->window_budget < 0) {      /* a long IRQ-off stretch: stop watching every insn */
+        v->window_expired = 1;
+        p_emu_stop(uc);
+        return;
+    }
     p_reg_read(uc, regids[17], &rflags);
     if (!(rflags & RFLAGS_IF)) {
         v->window_if_seen = 0;
@@ -288,6 +296,8 @@ int pv_window(pv_vcpu *v, int on)
     if (on && !v->window_hook) {
         v->window_if_seen = 0;
         v->window_hit = 0;
+        v->window_expired = 0;
+        v->window_budget = PV_WINDOW_BUDGET;
         return p_hook_add(v->uc, &v->window_hook, UC_HOOK_CODE, (void *)cb_window, v, (uint64_t)1, (uint64_t)0);
     }
     if (!on && v->window_hook) {

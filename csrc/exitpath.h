@@ -21,7 +21,8 @@ typedef struct pv_frame {
 
 #define PV_NREGS 19
 #define PV_NREASONS 64   /* SDM basic exit reasons used by pyvmm are < 64 */
-#define PV_MAX_CPUID 128
+#define PV_MAX_CPUID 256
+#define PV_WINDOW_BUDGET 20000  /* instructions watched per interrupt window */
 #define PV_REASON_CPUID 10
 #define PV_OUTSIDE_EXIT (-2)   /* pv_vcpu.reason between exits */
 
@@ -61,6 +62,8 @@ typedef struct pv_vcpu {
     size_t window_hook;           /* the interrupt-window code hook while one is wanted, else 0 */
     int window_if_seen;           /* IF was 1 at the previous instruction boundary */
     int window_hit;               /* the engine stopped because the guest became interruptible */
+    int window_budget;            /* instructions the hook may still watch before giving up */
+    int window_expired;           /* the budget ran out: root mode falls back to polling */
     int ncpuid;
     pv_cpuid_entry cpuid[PV_MAX_CPUID];
 } pv_vcpu;

@@ -69,6 +69,9 @@ class Platform:
             self.io.register(dev)
         self._wake = threading.Event()
         self.input_attached = False
+        # Ports whose writes can move the next timer deadline (the vCPU re-arms its
+        # host timer after them).
+        self.timer_ports = frozenset(self.pit.ports) | frozenset(self.sysctl.ports)
 
     def tick(self, now):
         self.pit.advance(now)
@@ -100,6 +103,7 @@ class Machine:
         controls = VmcsControls(exception_bitmap=config.exception_bitmap, rdtsc_exiting=config.rdtsc_exiting)
         self.vcpu = Vcpu(self.engine, self.memory, self.platform, CpuidPolicy(_unicorn.native_cpuid), MsrTable(),
                          Hypercalls(version_word()), controls, console)
+        self.vcpu.halt_is_poweroff = self.boot.kernel.kind == "bzimage"
         if config.rdtsc_exiting:
             self.engine.set_rdtsc_exiting(True)
         self.engine.enter(self._guest_entry())

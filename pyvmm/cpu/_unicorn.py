@@ -51,6 +51,8 @@ ffi, lib = _exitpath.ffi, _exitpath.lib
 # Exit kinds from csrc/exitpath.h
 PV_CPUID, PV_IN, PV_OUT, PV_INVALID, PV_INTR, PV_RDTSC, PV_SYSCALL = range(1, 8)
 
+# Unicorn's helper_syscall adds the instruction length to RIP after the SYSCALL hook.
+SYSCALL_HOOK_RIP_ADVANCE = 2
 OUTSIDE_EXIT = -2   # pv_vcpu.reason between exits (csrc/exitpath.h PV_OUTSIDE_EXIT)
 UNTIL = 0xFFFF_FFFF_FFFF_FFFF   # emu_start "until": a non-canonical address, never reached
 
@@ -228,7 +230,6 @@ class Engine:
         self._msrpm = ffi.cast("uint8_t *", self._private_buf) + (MSRPM - VMM_PRIVATE_BASE)
         self._msr_value = ffi.new("uint64_t *")
         self._sys = None                # (cr0, cr2, cr3, cr4, efer, hflags) of the current exit
-        memory.write_code_hook = self.flush_code
         self.layout = _calibrate()
         self._v = ffi.new("pv_vcpu *")
         self._handle = ffi.new_handle(self)
@@ -310,7 +311,6 @@ class Engine:
     def close(self):
         lib.pv_detach(self._v)
         _pending_errors.pop(self, None)
-        self.memory.write_code_hook = None
         self.uc = None
 
     # ---- registers and state ----
@@ -473,9 +473,11 @@ class Engine:
     def flush_tlb(self, address=None):
         self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
 
-    def flush_code(self, gpa, length):
-        if self.uc is not None:
-            self.uc.ctl_remove_cache(gpa, gpa + length)
+    def flush_translations(self):
+        """Drop all translated code: needed after root mode writes guest code.
+        (Unicorn's per-range removal takes guest-virtual addresses and walks the
+        guest's page tables, which root mode must not do behind the guest.)"""
+        self.uc.ctl_flush_tb()
 
     def set_rdtsc_exiting(self, on):
         if lib.pv_set_rdtsc_exiting(self._v, int(bool(on))):
@@ -514,10 +516,9 @@ class Engine:
             self.uc.ctl_flush_tb()
 
     @property
-    def window_hit(self):
-        hit = bool(self._v.window_hit)
-        self._v.window_hit = 0
-        return hit
+    def window_expired(self):
+        """The window hook gave up (budget spent with IF still 0)."""
+        return bool(self._v.window_expired)
 
     def set_fast_cpuid(self, on):
         self._v.fast_cpuid = int(bool(on))
@@ -641,25 +642,47 @@ def _calibrate_error_code(hflags_off):
 
 
 def native_cpuid(leaf, subleaf=0):
-    """What the emulated CPU model (QEMU's EPYC) answers for CPUID, before policy."""
-    return _native_cpuid_cached(leaf, subleaf)
+    """What the emulated CPU model (QEMU's EPYC) answers for CPUID, before policy.
+
+    Every leaf is queried once per process, in one scratch engine, before any guest
+    runs: running a second engine inside a guest's exit hook would disturb QEMU's
+    per-thread state (current_cpu, the TCG context) of the running one. Leaves the
+    model does not have read as zeros, as on AMD processors."""
+    table = _native_cpuid_table()
+    return table.get((leaf, subleaf)) or table.get((leaf, None)) or (0, 0, 0, 0)
 
 
-_cpuid_cache = {}
+_cpuid_table = None
+_CPUID_SUBLEAVES = 16          # subleaves queried for leaves that depend on ECX
 
 
-def _native_cpuid_cached(leaf, subleaf):
-    key = (leaf, subleaf)
-    if key not in _cpuid_cache:
-        uc = _new_uc()
-        uc.mem_map(0, 0x1000)
-        uc.mem_write(0, b"\x0f\xa2")                   # cpuid
-        uc.reg_write(X.UC_X86_REG_RAX, leaf)
-        uc.reg_write(X.UC_X86_REG_RCX, subleaf)
-        uc.emu_start(0, 2)
-        _cpuid_cache[key] = tuple(uc.reg_read(r) & 0xFFFFFFFF for r in (
-            X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
-    return _cpuid_cache[key]
+def _native_cpuid_table():
+    global _cpuid_table
+    with _calib_lock:
+        if _cpuid_table is None:
+            from pyvmm.cpu.cpuid import SUBLEAF_LEAVES
+            uc = _new_uc()
+            uc.mem_map(0, 0x1000)
+            uc.mem_write(0, b"\x0f\xa2")                   # cpuid
+
+            def query(leaf, sub):
+                uc.reg_write(X.UC_X86_REG_RAX, leaf)
+                uc.reg_write(X.UC_X86_REG_RCX, sub)
+                uc.emu_start(0, 2)
+                return tuple(uc.reg_read(r) & 0xFFFFFFFF for r in (
+                    X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
+
+            table = {}
+            for base in (0, 0x80000000):
+                top = min(query(base, 0)[0], base + 0x40)
+                for leaf in range(base, top + 1):
+                    if leaf in SUBLEAF_LEAVES:
+                        for sub in range(_CPUID_SUBLEAVES):
+                            table[(leaf, sub)] = query(leaf, sub)
+                    else:
+                        table[(leaf, None)] = query(leaf, 0)
+            _cpuid_table = table
+    return _cpuid_table
 
 
 # ---- the floor: bare Unicorn with hooks that only return ----

@@ -52,7 +52,7 @@ class CpuidPolicy:
             top = min(self.query(base)[0], base + 0x20)
             for leaf in range(base, top + 1):
                 if leaf in SUBLEAF_LEAVES:
-                    rows += [(leaf, sub) + self.query(leaf, sub) for sub in range(8)]
+                    rows += [(leaf, sub) + self.query(leaf, sub) for sub in range(16)]
                 else:
                     rows.append((leaf, None) + self.query(leaf))
         rows += [(leaf, None) + self.query(leaf) for leaf in (HYPERVISOR_BASE, HYPERVISOR_BASE + 1)]

@@ -83,6 +83,9 @@ def _device_name(vm, port):
 
 def handle_hlt(vm, ex):
     if not vm.regs.rflags & RFLAGS_IF:
+        if getattr(vm, "halt_is_poweroff", False):
+            return Shutdown(0, "guest halted for good (HLT with interrupts disabled, "
+                               "how Linux powers off without ACPI)")
         return Shutdown(1, "guest halted with interrupts disabled (HLT with IF=0: nothing can wake it)")
     vm.halt()
     return Resume("vCPU halted until the next interrupt")

@@ -20,6 +20,9 @@ PAT = 0x277
 MISC_ENABLE = 0x1A0
 MTRRCAP, MTRR_DEF_TYPE = 0xFE, 0x2FF
 MCG_CAP, MCG_STATUS = 0x179, 0x17A
+# AMD family 17h (the EPYC model the guest is shown), APM Vol. 2 and BKDG/PPR:
+AMD_SYSCFG, AMD_HWCR, AMD_NB_CFG = 0xC0010010, 0xC0010015, 0xC001001F
+AMD_VM_CR, AMD_DE_CFG, AMD_LS_CFG = 0xC0010114, 0xC0011029, 0xC0011020
 
 EFER_ALLOWED = 0x1 | 0x100 | 0x400 | 0x800 | 0x4000   # SCE, LME, LMA, NXE, FFXSR
 ENGINE_MSRS = frozenset({EFER, STAR, LSTAR, CSTAR, SFMASK, FS_BASE, GS_BASE, KERNEL_GS_BASE,
@@ -39,10 +42,12 @@ class MsrTable:
     GuestFault(#GP) exactly where hardware would."""
 
     def __init__(self):
-        self.stored = {MISC_ENABLE: 1, MTRRCAP: 0x508, MTRR_DEF_TYPE: 0, MCG_CAP: 0, MCG_STATUS: 0}
+        self.stored = {MISC_ENABLE: 1, MTRRCAP: 0x508, MTRR_DEF_TYPE: 0, MCG_CAP: 0, MCG_STATUS: 0,
+                       AMD_SYSCFG: 0, AMD_HWCR: 0, AMD_NB_CFG: 0, AMD_DE_CFG: 0, AMD_LS_CFG: 0,
+                       AMD_VM_CR: 0x10}          # VM_CR.SVMDIS: the guest cannot enable SVM
         for i in list(_MTRR_VAR) + list(_MTRR_FIXED):
             self.stored[i] = 0
-        self.readonly = frozenset({MTRRCAP, MCG_CAP})
+        self.readonly = frozenset({MTRRCAP, MCG_CAP, AMD_VM_CR})
 
     def known(self, index):
         return index in ENGINE_MSRS or index in self.stored

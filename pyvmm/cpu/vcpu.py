@@ -20,7 +20,8 @@ import threading
 import time
 
 from pyvmm.cpu import events
-from pyvmm.cpu._unicorn import OUTSIDE_EXIT, PV_CPUID, PV_IN, PV_INTR, PV_INVALID, PV_OUT, PV_RDTSC, PV_SYSCALL
+from pyvmm.cpu.fast_syscall import emulate_syscall
+from pyvmm.cpu._unicorn import SYSCALL_HOOK_RIP_ADVANCE, OUTSIDE_EXIT, PV_CPUID, PV_IN, PV_INTR, PV_INVALID, PV_OUT, PV_RDTSC, PV_SYSCALL
 from pyvmm.cpu import svm
 from pyvmm.cpu.decode import cr_operands, decode, io_form, memory_operand_address
 from pyvmm.cpu.ioperm import io_allowed
@@ -66,7 +67,13 @@ class ExitStats:
 
 class Ticker(threading.Thread):
     """A host timer: kicks the engine out of guest mode at a deadline (the way a
-    host timer interrupt causes an external-interrupt VM exit)."""
+    host timer interrupt causes an external-interrupt VM exit).
+
+    Once the deadline has passed it kicks again every REKICK_NS until the run loop
+    re-arms it: a kick can be lost (Unicorn ignores uc_emu_stop in the instant
+    before emu_start has really started), and a lost tick must not stop time."""
+
+    REKICK_NS = 1_000_000
 
     def __init__(self, engine):
         super().__init__(name="pyvmm-ticker", daemon=True)
@@ -97,9 +104,9 @@ class Ticker(threading.Thread):
                 if delay > 0:
                     self._cond.wait(delay)
                     continue
-                self._deadline = None
                 self.fired = True
                 self.engine.kick()
+                self._deadline = time.monotonic_ns() + self.REKICK_NS
 
 
 class Vcpu:
@@ -129,6 +136,10 @@ class Vcpu:
         self.reason = None
         self.last_exits = collections.deque(maxlen=16)   # the last (Exit, outcome) pairs
         self.events_delivered = 0
+        self.syscalls = 0
+        # HLT with interrupts disabled: for Linux that is how `poweroff` ends without
+        # ACPI (kernel_halt -> stop_this_cpu), so Machine sets this for Linux kernels.
+        self.halt_is_poweroff = False
         self.irqs_injected = 0
         self._io_forms = {}
         self._rewind = None             # CPU state to restore before a pending fault
@@ -199,6 +210,14 @@ class Vcpu:
                     form = self._io_forms[rip] = self._decode_io(rip)
                 q = io_qualification(a, b, kind == PV_IN, *form[:3])
                 ex = _new_exit(Exit, (_R.IO_INSTRUCTION, q, rip, form[3], 0, 0, 0, 0, c, seq))
+                value = self._dispatch(ex, True)
+                if a in self.platform.timer_ports and kind == PV_OUT:
+                    self._arm_timer(time.monotonic_ns())     # the guest reprogrammed a timer
+                # A device may have raised an interrupt (a UART's THRE after a write):
+                # leave guest mode so it is injected now, not at the next timer tick.
+                if self.platform.pic.has_pending() and (regs.rflags & RFLAGS_IF or not self._window_wanted):
+                    self.engine.stop_from_exit()
+                return value
             elif kind == PV_INTR:
                 in_block = False
                 ex = self._classify_intr(a)
@@ -208,7 +227,7 @@ class Vcpu:
             elif kind == PV_RDTSC:
                 ex = Exit(_R.RDTSC, 0, regs.rip, 2, seq=seq)
             elif kind == PV_SYSCALL:
-                self.request_stop(1, f"SYSCALL at RIP {regs.rip:#x}: not emulated yet")
+                self._syscall()
                 return 0
             else:
                 raise AssertionError(f"unknown exit kind {kind}")
@@ -249,6 +268,20 @@ class Vcpu:
         if self.halted or self.stopped:
             self.engine.stop_from_exit()
         return res.value
+
+    def _syscall(self):
+        """SYSCALL does not exit on hardware: root mode performs it (fast_syscall.py).
+        The engine adds the instruction length to RIP after its hook returns."""
+        regs = self.regs
+        self.syscalls += 1
+        try:
+            emulate_syscall(self.cpu, regs)
+        except GuestFault as fault:
+            self.inject(events.Event(fault.vector, events.HW_EXCEPTION))
+            self.engine.stop_from_exit()
+            regs.rip -= SYSCALL_HOOK_RIP_ADVANCE       # the fault is at the SYSCALL itself
+            return
+        regs.rip -= SYSCALL_HOOK_RIP_ADVANCE
 
     def _io_permitted(self, port, size, cpl):
         return io_allowed(self.cpu, self.mem, self.paging(), port, size, cpl, self.regs.rflags, self.tlb)
@@ -446,9 +479,14 @@ class Vcpu:
             self._deliver_pending()
         else:
             self._inject_irq()
-        deadline = self.platform.next_deadline(now)
         if self.controls.preemption_timer_ns is not None and self._preempt_deadline is None:
             self._preempt_deadline = now + self.controls.preemption_timer_ns
+        self._arm_timer(now)
+
+    def _arm_timer(self, now):
+        """Arm the host timer for the earliest of: the next PIT edge, the preemption
+        timer, and (while an interrupt waits for IF=1) a poll of the window."""
+        deadline = self.platform.next_deadline(now)
         for d in (self._preempt_deadline, now + WINDOW_POLL_NS if self._window_wanted else None):
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
@@ -472,9 +510,14 @@ class Vcpu:
             self.inject(events.Event(vector, events.EXTERNAL))
             self.irqs_injected += 1
             self._deliver_pending()
-        else:
+        elif not self._window_wanted:
+            # Watch instruction by instruction (a fresh budget per window) ...
             self._window_wanted = True
             self.engine.set_window_exiting(True)
+        elif self.engine.window_expired:
+            # ... and when the budget is spent, let the host timer poll every
+            # WINDOW_POLL_NS while the guest runs at full speed.
+            self.engine.set_window_exiting(False)
 
     def _after_slice(self):
         if self.stopped:

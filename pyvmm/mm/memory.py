@@ -3,8 +3,9 @@
 Responsibility: own the host memory that backs guest RAM and give bounds-checked,
 little-endian access to it. The CPU engine maps the same buffer zero-copy
 (``host_address``), so guest stores are visible here at once and host writes are
-visible to the guest (translated code must be flushed by the engine; see
-``write_code_hook``).
+visible to the guest. Host writes do not invalidate code the engine has already
+translated: root mode only writes data (interrupt frames, buffers) once the guest
+runs; code it writes must be followed by the engine's ``flush_translations``.
 
 Invariant: every access is checked against ``size``; an access outside RAM raises
 GuestMemoryError naming the address, and nothing is written.
@@ -52,9 +53,6 @@ class GuestMemory:
         self.view = memoryview(self._map)
         self._cbuf = (ctypes.c_char * size).from_buffer(self._map)
         self.host_address = ctypes.addressof(self._cbuf)
-        # Called with (gpa, length) after the VMM writes guest memory, so the engine
-        # can drop translated code for that range. Set by the CPU engine.
-        self.write_code_hook = None
 
     def contains(self, gpa, length=1):
         return 0 <= gpa and length >= 0 and gpa + length <= self.size
@@ -72,14 +70,10 @@ class GuestMemory:
         length = len(data)
         self._check(gpa, length)
         self.view[gpa:gpa + length] = data
-        if self.write_code_hook is not None:
-            self.write_code_hook(gpa, length)
 
     def fill(self, gpa, length, byte=0):
         self._check(gpa, length)
         self.view[gpa:gpa + length] = bytes([byte]) * length
-        if self.write_code_hook is not None:
-            self.write_code_hook(gpa, length)
 
     def read_u8(self, gpa):
         self._check(gpa, 1)
