@@ -506,14 +506,21 @@ class Engine:
             e.eax, e.ebx, e.ecx, e.edx = a, b, c, d
         self._v.ncpuid = len(entries)
 
+    WINDOW_FLUSH = 0x2000      # bytes of code at RIP retranslated when the window hook goes in
+
     def set_window_exiting(self, on):
         """Stop the guest as soon as it can take an interrupt (see pv_window in
-        csrc/exitpath.c). Translated code is flushed so the hook reaches it."""
+        csrc/exitpath.c). A code hook only reaches blocks translated after it, so the
+        code at RIP (guest-virtual, as Unicorn's TB removal expects) is retranslated;
+        code further away is caught by root mode's polling instead. Removing the hook
+        needs no flush: translated blocks look the hook list up as they run."""
         on = bool(on)
         if on != bool(self._v.window_hook):
             if lib.pv_window(self._v, int(on)):
                 raise EngineError("cannot change the interrupt-window hook")
-            self.uc.ctl_flush_tb()
+            if on:
+                page = self.regs.rip & ~0xFFF
+                self.uc.ctl_remove_cache(page, page + self.WINDOW_FLUSH)
 
     @property
     def window_expired(self):
