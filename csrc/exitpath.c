@@ -282,7 +282,6 @@ static void cb_window(void *uc, uint64_t addr, uint32_t size, void *ud)
     if (!(rflags & RFLAGS_IF)) {
         v->window_if_seen = 0;
     } else if (v->window_if_seen) {
-        v->window_hit = 1;
         p_emu_stop(uc);
     } else {
         v->window_if_seen = 1;
@@ -295,7 +294,6 @@ int pv_window(pv_vcpu *v, int on)
 {
     if (on && !v->window_hook) {
         v->window_if_seen = 0;
-        v->window_hit = 0;
         v->window_expired = 0;
         v->window_budget = PV_WINDOW_BUDGET;
         return p_hook_add(v->uc, &v->window_hook, UC_HOOK_CODE, (void *)cb_window, v, (uint64_t)1, (uint64_t)0);

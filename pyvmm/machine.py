@@ -101,7 +101,7 @@ class Machine:
         self.platform = Platform(self.memory.size, console, self._on_power)
         self.engine = _unicorn.Engine(self.memory)
         controls = VmcsControls(exception_bitmap=config.exception_bitmap, rdtsc_exiting=config.rdtsc_exiting)
-        self.vcpu = Vcpu(self.engine, self.memory, self.platform, CpuidPolicy(_unicorn.native_cpuid), MsrTable(),
+        self.vcpu = Vcpu(self.engine, self.memory, self.platform, CpuidPolicy(_unicorn.native_cpuid, _unicorn.native_cpuid_leaves()), MsrTable(),
                          Hypercalls(version_word()), controls, console)
         self.vcpu.halt_is_poweroff = self.boot.kernel.kind == "bzimage"
         if config.rdtsc_exiting:

@@ -648,6 +648,11 @@ def _calibrate_error_code(hflags_off):
     return error_code
 
 
+def native_cpuid_leaves():
+    """The (leaf, subleaf or None) keys the emulated model answers."""
+    return list(_native_cpuid_table())
+
+
 def native_cpuid(leaf, subleaf=0):
     """What the emulated CPU model (QEMU's EPYC) answers for CPUID, before policy.
 

@@ -28,8 +28,11 @@ def version_word():
 class CpuidPolicy:
     """Answers CPUID queries; ``native(leaf, subleaf)`` gives the model's answer."""
 
-    def __init__(self, native):
+    def __init__(self, native, leaves=()):
+        """native(leaf, subleaf) -> (eax, ebx, ecx, edx) of the CPU model; leaves: the
+        (leaf, subleaf or None) keys it answers, for ``table``."""
         self._native = native
+        self._leaves = list(leaves)
         self._cache = {}
         sig = struct.unpack("<3I", SIGNATURE)
         self.overrides = {
@@ -45,18 +48,11 @@ class CpuidPolicy:
         return vals
 
     def table(self):
-        """The leaves a guest normally asks for, for the engine's in-VMM CPUID table:
-        (leaf, subleaf or None when the leaf ignores ECX, eax, ebx, ecx, edx)."""
-        rows = []
-        for base in (0, 0x80000000):
-            top = min(self.query(base)[0], base + 0x20)
-            for leaf in range(base, top + 1):
-                if leaf in SUBLEAF_LEAVES:
-                    rows += [(leaf, sub) + self.query(leaf, sub) for sub in range(16)]
-                else:
-                    rows.append((leaf, None) + self.query(leaf))
-        rows += [(leaf, None) + self.query(leaf) for leaf in (HYPERVISOR_BASE, HYPERVISOR_BASE + 1)]
-        return rows
+        """What the guest is told for every leaf the model has and the hypervisor
+        leaves, for the engine's in-VMM CPUID table: (leaf, subleaf or None when the
+        leaf ignores ECX, eax, ebx, ecx, edx)."""
+        keys = self._leaves + [(HYPERVISOR_BASE, None), (HYPERVISOR_BASE + 1, None)]
+        return [(leaf, sub) + self.query(leaf, sub or 0) for leaf, sub in keys]
 
     def _compute(self, leaf, subleaf):
         if key_override := self.overrides.get((leaf, subleaf)):

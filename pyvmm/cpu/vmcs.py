@@ -9,10 +9,8 @@ INVLPG, RDMSR/WRMSR and mov to CR0/CR3/CR4 always exit (they are intercepted at
 the engine level to be emulated); every I/O port exits to the I/O bus.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
-
-from pyvmm.cpu.exits import BP, DE, GP, PF, UD
 
 
 @dataclass
@@ -29,6 +27,3 @@ class VmcsControls:
     # (a pyvmm.cpu.events.Event), consumed when delivered.
     entry_event: object = None
     tsc_offset: int = 0
-    extra: dict = field(default_factory=dict)
-
-    LAB_EXCEPTIONS = (1 << DE) | (1 << UD) | (1 << GP) | (1 << PF) | (1 << BP)
