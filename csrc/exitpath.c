@@ -126,6 +126,10 @@ static inline uint64_t dispatch(pv_vcpu *v, int kind, uint64_t a, uint64_t b, ui
     v->nexits++;
     pv_account(v, v->reason, dt);
     v->reason = PV_OUTSIDE_EXIT;
+    if (v->kick_pending) {              /* a soft kick: stop here, synchronously */
+        v->kick_pending = 0;
+        p_emu_stop(v->uc);
+    }
     return r;
 }
 
@@ -151,6 +155,10 @@ static int cpuid_fast(pv_vcpu *v)
             uint64_t dt = now_ns() - t0;
             v->hook_ns += dt;
             pv_account(v, PV_REASON_CPUID, dt);
+            if (v->kick_pending) {
+                v->kick_pending = 0;
+                p_emu_stop(v->uc);
+            }
             return 1;
         }
     }
@@ -273,6 +281,11 @@ static void cb_window(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     pv_vcpu *v = ud;
     uint64_t rflags = 0;
+    if (v->kick_pending) {
+        v->kick_pending = 0;
+        p_emu_stop(uc);
+        return;
+    }
     if (--v->window_budget < 0) {      /* a long IRQ-off stretch: stop watching every insn */
         v->window_expired = 1;
         p_emu_stop(uc);

@@ -61,6 +61,7 @@ typedef struct pv_vcpu {
     int fast_cpuid;               /* serve CPUID from the table below without calling Python */
     size_t window_hook;           /* the interrupt-window code hook while one is wanted, else 0 */
     int window_if_seen;           /* IF was 1 at the previous instruction boundary */
+    volatile int kick_pending;    /* root mode wants the engine back: stop at the next exit */
     int window_budget;            /* instructions the hook may still watch before giving up */
     int window_expired;           /* the budget ran out: root mode falls back to polling */
     int ncpuid;

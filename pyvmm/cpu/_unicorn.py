@@ -287,6 +287,7 @@ class Engine:
             with self._lock:
                 self._running = False
                 self._kicked = False
+                self._v.kick_pending = 0
         self._start = 0
         self._sys = None
         lib.pv_read_frame(self._v)
@@ -295,14 +296,22 @@ class Engine:
             _pending_errors[self] = None
             raise err
 
-    def kick(self):
+    def kick(self, force=False):
         """Make run() return soon (thread-safe). A kick before run() starts makes the
-        next run() return at once, so a wake-up is never lost."""
+        next run() return at once, so a wake-up is never lost.
+
+        A soft kick (the default) asks the C exit path to stop at the guest's next
+        exit, where the CPU state is consistent. ``force`` stops the engine from this
+        thread with uc_emu_stop, for guests that spin without exits: measured here,
+        asynchronous stops while Linux patches its own code (alternatives) left it
+        with corrupted stacks, so they are the fallback, not the rule."""
         with self._lock:
-            if self._running:
+            if not self._running:
+                self._kicked = True
+            elif force:
                 lib.pv_stop(self._v)
             else:
-                self._kicked = True
+                self._v.kick_pending = 1
 
     def stop_from_exit(self):
         """Called inside an exit: return from run() after this exit completes."""

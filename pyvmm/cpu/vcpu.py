@@ -69,11 +69,13 @@ class Ticker(threading.Thread):
     """A host timer: kicks the engine out of guest mode at a deadline (the way a
     host timer interrupt causes an external-interrupt VM exit).
 
-    Once the deadline has passed it kicks again every REKICK_NS until the run loop
-    re-arms it: a kick can be lost (Unicorn ignores uc_emu_stop in the instant
-    before emu_start has really started), and a lost tick must not stop time."""
+    At the deadline it kicks softly (the engine stops at the guest's next exit);
+    if the run loop has not re-armed it FORCE_AFTER_NS later, the guest is
+    spinning without exits and the kick is forced (uc_emu_stop from this thread),
+    and repeated every FORCE_AFTER_NS: a forced kick can be lost too (Unicorn
+    ignores uc_emu_stop just before emu_start has really started)."""
 
-    REKICK_NS = 1_000_000
+    FORCE_AFTER_NS = 2_000_000
 
     def __init__(self, engine):
         super().__init__(name="pyvmm-ticker", daemon=True)
@@ -104,9 +106,9 @@ class Ticker(threading.Thread):
                 if delay > 0:
                     self._cond.wait(delay)
                     continue
+                self.engine.kick(force=self.fired)
                 self.fired = True
-                self.engine.kick()
-                self._deadline = time.monotonic_ns() + self.REKICK_NS
+                self._deadline = time.monotonic_ns() + self.FORCE_AFTER_NS
 
 
 class Vcpu:
