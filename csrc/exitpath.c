@@ -12,6 +12,7 @@
 #define UC_HOOK_INSN (1 << 1)
 #define UC_HOOK_INSN_INVALID (1 << 14)
 #define UC_HOOK_CODE (1 << 2)
+#define UC_HOOK_BLOCK (1 << 3)
 #define RFLAGS_IF 0x200
 
 enum { INS_CPUID, INS_IN, INS_OUT, INS_SYSCALL, INS_RDTSC, NINS };
@@ -185,6 +186,18 @@ static bool cb_invalid(void *uc, void *ud) { return dispatch(ud, PV_INVALID, 0, 
 static void cb_intr(void *uc, uint32_t intno, void *ud) { dispatch(ud, PV_INTR, intno, 0, 0); }
 static void cb_syscall(void *uc, void *ud) { dispatch(ud, PV_SYSCALL, 0, 0, 0); }
 
+/* Runs at the start of every translated block: a kick from the host timer stops the
+ * engine here, synchronously, at a block boundary where the CPU state is whole.
+ * (uc_emu_stop from another thread corrupted Linux while it patched its own code.) */
+static void cb_block(void *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    pv_vcpu *v = ud;
+    if (v->kick_pending) {
+        v->kick_pending = 0;
+        p_emu_stop(uc);
+    }
+}
+
 /* Install the exit hooks on v->uc. want_rdtsc: also trap RDTSC. Returns a uc_err. */
 int pv_attach(pv_vcpu *v, int want_rdtsc)
 {
@@ -200,6 +213,7 @@ int pv_attach(pv_vcpu *v, int want_rdtsc)
     ADD(UC_HOOK_INSN, cb_syscall, insn_ids[INS_SYSCALL]);
     ADD(UC_HOOK_INSN_INVALID, cb_invalid);
     ADD(UC_HOOK_INTR, cb_intr);
+    ADD(UC_HOOK_BLOCK, cb_block);
     if (want_rdtsc)
         ADD(UC_HOOK_INSN, cb_rdtsc, insn_ids[INS_RDTSC]);
 #undef ADD
@@ -212,10 +226,11 @@ int pv_attach(pv_vcpu *v, int want_rdtsc)
 }
 
 /* Turn the RDTSC hook on or off after attach (it is the last hook when present). */
+#define PV_BASE_HOOKS 7   /* cpuid, in, out, syscall, invalid, intr, block (pv_attach) */
 int pv_set_rdtsc_exiting(pv_vcpu *v, int on)
 {
     int err;
-    int have = v->nhooks == 7;
+    int have = v->nhooks > PV_BASE_HOOKS;     /* the RDTSC hook is the one after them */
     if (on && !have) {
         err = p_hook_add(v->uc, &v->hooks[v->nhooks], UC_HOOK_INSN, (void *)cb_rdtsc, v,
                          (uint64_t)1, (uint64_t)0, insn_ids[INS_RDTSC]);
