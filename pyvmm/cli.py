@@ -3,7 +3,7 @@
     pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats]
     pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
     pyvmm step KERNEL [INITRD] [--break cpuid,io,...]   (commands on stdin; see stepper.py)
-    pyvmm bench exits|guest-speed [--json] [--iters N]
+    pyvmm bench exits|guest-speed|linux-boot [--json] [--iters N] [--kernel K --initrd I]
 
 Exit status: 0 when the guest powers off cleanly, 2 for bad input (a one-line
 error naming the file and the problem), otherwise non-zero with the reason.
@@ -59,7 +59,9 @@ def _parser():
     st.add_argument("--break", dest="breaks", default="",
                     help="stop only at these exits: " + ",".join(sorted(SHORT_NAMES)))
     bench = sub.add_parser("bench", help="measure exit costs or guest speed next to bare Unicorn")
-    bench.add_argument("what", choices=("exits", "guest-speed"))
+    bench.add_argument("what", choices=("exits", "guest-speed", "linux-boot"))
+    bench.add_argument("--kernel", help="linux-boot: the kernel (default: scripts/fetch_kernel.py's cache)")
+    bench.add_argument("--initrd", help="linux-boot: the initramfs (default: scripts/mkinitramfs.py's)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--iters", type=int, default=None)
     bench.add_argument("--repeats", type=int, default=3)
@@ -68,6 +70,17 @@ def _parser():
 
 def _bench(args):
     from pyvmm import benchmarks
+    if args.what == "linux-boot":
+        if not (args.kernel and args.initrd):
+            raise PyvmmError("bench linux-boot: give --kernel and --initrd "
+                             "(python3 scripts/fetch_kernel.py and scripts/mkinitramfs.py print them)")
+        try:
+            result = benchmarks.linux_boot(args.kernel, args.initrd, repeats=args.repeats)
+        except RuntimeError as e:
+            raise PyvmmError(f"bench linux-boot: {e}")
+        print(json.dumps(result) if args.json else
+              f"to /init: pyvmm {result['pyvmm_s']} s, QEMU TCG {result['qemu_tcg_s']} s ({result['ratio']}x)")
+        return 0
     if args.what == "exits":
         result = benchmarks.exit_costs(iters=args.iters or 20_000, repeats=args.repeats)
     else:
