@@ -18,10 +18,12 @@ for _d in _DIS.values():
 
 # capstone register id -> SDM general-purpose register number (Table 28-3 order)
 _GPR_NUM = {}
-for _num, _names in enumerate((("RAX", "EAX"), ("RCX", "ECX"), ("RDX", "EDX"), ("RBX", "EBX"),
-                               ("RSP", "ESP"), ("RBP", "EBP"), ("RSI", "ESI"), ("RDI", "EDI"),
-                               ("R8", "R8D"), ("R9", "R9D"), ("R10", "R10D"), ("R11", "R11D"),
-                               ("R12", "R12D"), ("R13", "R13D"), ("R14", "R14D"), ("R15", "R15D"))):
+for _num, _names in enumerate((("RAX", "EAX", "AX"), ("RCX", "ECX", "CX"), ("RDX", "EDX", "DX"),
+                               ("RBX", "EBX", "BX"), ("RSP", "ESP", "SP"), ("RBP", "EBP", "BP"),
+                               ("RSI", "ESI", "SI"), ("RDI", "EDI", "DI"), ("R8", "R8D", "R8W"),
+                               ("R9", "R9D", "R9W"), ("R10", "R10D", "R10W"), ("R11", "R11D", "R11W"),
+                               ("R12", "R12D", "R12W"), ("R13", "R13D", "R13W"), ("R14", "R14D", "R14W"),
+                               ("R15", "R15D", "R15W"))):
     for _n in _names:
         _GPR_NUM[getattr(CX, "X86_REG_" + _n)] = _num
 _CR_NUM = {getattr(CX, f"X86_REG_CR{i}"): i for i in (0, 2, 3, 4, 8)}
@@ -110,6 +112,12 @@ def memory_operand_address(insn, regs):
     return None
 
 
+def register_operand(insn, regs, index=0):
+    """Value of operand ``index`` when it is a general register (None otherwise)."""
+    op = insn.cs_insn.operands[index]
+    return _reg_value(insn, op.reg, regs) if op.type == CX.X86_OP_REG else None
+
+
 def _reg_value(insn, reg, regs):
     from pyvmm.cpu.exits import GPR_NAMES
     num = _GPR_NUM.get(reg)
@@ -117,7 +125,11 @@ def _reg_value(insn, reg, regs):
         raise ValueError(f"register {insn.cs_insn.reg_name(reg)} in an address")
     value = getattr(regs, GPR_NAMES[num])
     name = insn.cs_insn.reg_name(reg)
-    return value & 0xFFFFFFFF if name.startswith("e") or name.endswith("d") else value
+    if name.startswith("e") or name.endswith("d"):
+        return value & 0xFFFFFFFF
+    if len(name) == 2 or name.endswith("w"):          # ax..di, r8w..r15w
+        return value & 0xFFFF
+    return value
 
 
 def io_form(raw):

@@ -23,7 +23,7 @@ from pyvmm.cpu import events
 from pyvmm.cpu.fast_syscall import emulate_syscall
 from pyvmm.cpu._unicorn import SYSCALL_HOOK_RIP_ADVANCE, OUTSIDE_EXIT, PV_CPUID, PV_IN, PV_INTR, PV_INVALID, PV_OUT, PV_RDTSC, PV_SYSCALL
 from pyvmm.cpu import svm
-from pyvmm.cpu.decode import cr_operands, decode, io_form, memory_operand_address
+from pyvmm.cpu.decode import cr_operands, decode, io_form, memory_operand_address, register_operand
 from pyvmm.cpu.ioperm import io_allowed
 from pyvmm.cpu.exits import (BP, CR_CLTS, GP, CR_LMSW, CR_MOV_TO, ERROR_CODE_VECTORS, OF, PF, UD, Exit, ExitReason,
                              cr_qualification, intr_info, io_qualification, INTR_TYPE_HW_EXCEPTION,
@@ -274,16 +274,13 @@ class Vcpu:
     def _syscall(self):
         """SYSCALL does not exit on hardware: root mode performs it (fast_syscall.py).
         The engine adds the instruction length to RIP after its hook returns."""
-        regs = self.regs
         self.syscalls += 1
         try:
-            emulate_syscall(self.cpu, regs)
-        except GuestFault as fault:
+            emulate_syscall(self.cpu, self.regs)
+        except GuestFault as fault:                  # RIP stays at the SYSCALL: it faults
             self.inject(events.Event(fault.vector, events.HW_EXCEPTION))
             self.engine.stop_from_exit()
-            regs.rip -= SYSCALL_HOOK_RIP_ADVANCE       # the fault is at the SYSCALL itself
-            return
-        regs.rip -= SYSCALL_HOOK_RIP_ADVANCE
+        self.regs.rip -= SYSCALL_HOOK_RIP_ADVANCE
 
     def _io_permitted(self, port, size, cpl):
         return io_allowed(self.cpu, self.mem, self.paging(), port, size, cpl, self.regs.rflags, self.tlb)
@@ -310,15 +307,11 @@ class Vcpu:
         return 1 if kind == PV_INVALID else 0
 
     def _decode_io(self, rip):
-        insn_len = 1
-        try:
-            insn = decode(self.mem, self.paging(), rip, self._bits(), self.tlb)
-            if insn is not None:
-                insn_len = insn.size
-                return io_form(insn.raw) + (insn_len,)
-        except (GuestFault, GuestMemoryError):
-            pass
-        return (False, False, False, insn_len)
+        """(string, rep, immediate, length) of the I/O instruction at ``rip``."""
+        insn = self._insn(rip)
+        if insn is None:
+            return (False, False, False, 1)
+        return io_form(insn.raw) + (insn.size,)
 
     def _bits(self):
         return self.cpu.code_bits
@@ -355,7 +348,8 @@ class Vcpu:
             if insn.mnemonic == "clts":
                 q = cr_qualification(0, CR_CLTS)
             elif insn.mnemonic == "lmsw":
-                q = cr_qualification(0, CR_LMSW, lmsw_data=self._lmsw_source(insn))
+                source = register_operand(insn, regs)
+                q = cr_qualification(0, CR_LMSW, lmsw_data=(source or 0) & 0xFFFF, lmsw_mem=source is None)
             else:
                 cr, gpr, _ = cr_operands(insn)
                 q = cr_qualification(cr, CR_MOV_TO, gpr)
@@ -377,12 +371,6 @@ class Vcpu:
             return Exit(_R.VMCALL, 0, rip, 3, seq=seq)
         self.request_stop(1, f"unexpected intercept (SVM exit code {code:#x}) at RIP {rip:#x}")
         return None
-
-    def _lmsw_source(self, insn):
-        from pyvmm.cpu.decode import _GPR_NUM
-        from pyvmm.cpu.exits import GPR_NAMES
-        op = insn.cs_insn.operands[0]
-        return getattr(self.regs, GPR_NAMES[_GPR_NUM.get(op.reg, 0)]) & 0xFFFF if op.type == 1 else 0
 
     def _classify_ud(self, rip):
         rip = self.regs.rip if rip is None else rip
@@ -497,14 +485,11 @@ class Vcpu:
     def _inject_irq(self):
         pic = self.platform.pic
         if not pic.has_pending():
-            if self._window_wanted:
-                self._window_wanted = False
-                self.engine.set_window_exiting(False)
+            self._close_window()
             return
         if self.regs.rflags & RFLAGS_IF and not self.engine.interrupt_shadow:
             if self._window_wanted or self.controls.interrupt_window_exiting:
-                self._window_wanted = False
-                self.engine.set_window_exiting(False)
+                self._close_window()
                 self._loop_exit(_R.INTERRUPT_WINDOW)
                 if self.stopped:
                     return
@@ -520,6 +505,10 @@ class Vcpu:
             # ... and when the budget is spent, let the host timer poll every
             # WINDOW_POLL_NS while the guest runs at full speed.
             self.engine.set_window_exiting(False)
+
+    def _close_window(self):
+        self._window_wanted = False
+        self.engine.set_window_exiting(False)
 
     def _after_slice(self):
         if self.stopped:

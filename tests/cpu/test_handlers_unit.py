@@ -184,3 +184,17 @@ def test_fault_notes_are_readable_when_tracing():
     vm.regs.rcx = 0x4B564DFF
     res = handle_exit(vm, Exit(ExitReason.RDMSR, insn_len=2))
     assert "#GP injected" in res.describe() and "0x4b564dff" in res.describe()
+
+
+@pytest.mark.parametrize("code,reg,value", [(b"\x0f\x01\xf3", "rbx", 0x1234_000B), (b"\x0f\x01\xf0", "rax", 0x9)])
+def test_lmsw_register_source_is_the_named_16_bit_register(code, reg, value):
+    from pyvmm.cpu.decode import decode, register_operand
+    from pyvmm.mm.memory import GuestMemory
+    from pyvmm.mm.pagewalk import Paging
+    mem = GuestMemory(2 << 20)
+    mem.write(0x1000, code)
+    insn = decode(mem, Paging(0x11, 0, 0, 0), 0x1000, 64)
+    regs = fake_vm().regs
+    regs.rax, regs.rbx = 0x5555_0001, 0
+    setattr(regs, reg, value)
+    assert insn.mnemonic == "lmsw" and register_operand(insn, regs) == value & 0xFFFF
