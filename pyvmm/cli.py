@@ -22,16 +22,27 @@ DEFAULT_KERNEL = os.path.join(GUESTS, "hello.elf")
 _EXC_BY_NAME = {v.lstrip("#").lower(): k for k, v in EXCEPTION_NAMES.items()}
 
 
-def _exception_bitmap(text):
-    bitmap = 0
+def _names(text, table, option, extra=()):
+    """The values of a comma-separated list of names from ``table`` (an option's
+    argument); ``extra`` names are returned as themselves."""
+    out = []
     for name in filter(None, (text or "").split(",")):
         name = name.strip().lower()
-        if name == "all":
-            return 0xFFFFFFFF
-        if name not in _EXC_BY_NAME:
-            raise PyvmmError(f"--exceptions: unknown exception {name!r} (known: {', '.join(sorted(_EXC_BY_NAME))}, all)")
-        bitmap |= 1 << _EXC_BY_NAME[name]
-    return bitmap
+        if name in extra:
+            out.append(name)
+        elif name in table:
+            out.append(table[name])
+        else:
+            known = ", ".join(sorted(table) + list(extra))
+            raise PyvmmError(f"{option}: unknown name {name!r} (known: {known})")
+    return out
+
+
+def _exception_bitmap(text):
+    vectors = _names(text, _EXC_BY_NAME, "--exceptions", extra=("all",))
+    if "all" in vectors:
+        return 0xFFFFFFFF
+    return sum({1 << v for v in vectors})
 
 
 def _parser():
@@ -99,13 +110,7 @@ def _bench(args):
 
 
 def _breaks(text):
-    out = set()
-    for name in filter(None, text.split(",")):
-        name = name.strip().lower()
-        if name not in SHORT_NAMES:
-            raise PyvmmError(f"--break: unknown exit {name!r} (known: {', '.join(sorted(SHORT_NAMES))})")
-        out.add(SHORT_NAMES[name])
-    return out
+    return set(_names(text, SHORT_NAMES, "--break"))
 
 
 def _config(args, console):

@@ -400,25 +400,31 @@ class Engine:
         """Root mode completed an instruction for the guest: an STI/MOV SS shadow
         covering it is over (what KVM's skip_emulated_instruction does too)."""
         if self.hflags() & HF_INHIBIT_IRQ:
-            lib.pv_write_frame(self._v)
-            ctx = self._ctx_save()
+            ctx = self._open_context()
             hf = struct.unpack_from("<I", ctx, self.layout.hflags)[0]
             struct.pack_into("<I", ctx, self.layout.hflags, hf & ~HF_INHIBIT_IRQ)
-            self._sys = None
-            if lib.pv_ctx_restore(self._v):
-                raise EngineError("uc_context_restore failed")
+            self._commit_context()
+
+    def _open_context(self):
+        """The CPU context to edit: registers changed in the frame are written first,
+        so the context holds them. Finish with _commit_context."""
+        lib.pv_write_frame(self._v)
+        return self._ctx_save()
+
+    def _commit_context(self):
+        """Load the edited context into the engine."""
+        self._sys = None
+        if lib.pv_ctx_restore(self._v):
+            raise EngineError("uc_context_restore failed")
 
     def snapshot(self):
         """The whole CPU state (registers, segment caches, control registers), for
         undoing what the engine runs after an exit that must not complete."""
-        lib.pv_write_frame(self._v)
-        return bytes(self._ctx_save())
+        return bytes(self._open_context())
 
     def restore_snapshot(self, blob):
         self._ctx[:] = blob
-        self._sys = None
-        if lib.pv_ctx_restore(self._v):
-            raise EngineError("uc_context_restore failed")
+        self._commit_context()
         lib.pv_read_frame(self._v)
 
     def end_software_interrupt(self):
@@ -426,14 +432,11 @@ class Engine:
         to exception_next_eip before every interrupt hook while that flag is set, and
         an SVM intercept does not reset it, so a stale flag would send the next
         intercepted exception to the INT's return address."""
-        ctx = self._ctx_save()
+        ctx = self._open_context()
         off = self.layout.error_code + 4
         if struct.unpack_from("<i", ctx, off)[0]:
-            lib.pv_write_frame(self._v)
-            ctx = self._ctx_save()
             struct.pack_into("<i", ctx, off, 0)
-            if lib.pv_ctx_restore(self._v):
-                raise EngineError("uc_context_restore failed")
+            self._commit_context()
 
     def error_code(self):
         """The error code of the exception being intercepted (SVM EXITINFO1)."""
@@ -447,9 +450,8 @@ class Engine:
         cpu_x86_load_seg_cache does, in one write of the guest-state area.
         ``changes``: {name: Segment}; SS is applied before CS, as hardware does in
         interrupt delivery."""
-        lib.pv_write_frame(self._v)     # registers changed in the frame go in first
         cr0 = self.get_cr(0)
-        ctx = self._ctx_save()
+        ctx = self._open_context()
         lay = self.layout
         hflags = struct.unpack_from("<I", ctx, lay.hflags)[0]
         order = [n for n in ("ss", "es", "ds", "fs", "gs", "cs") if n in changes]
@@ -467,17 +469,12 @@ class Engine:
             if name == "ss":
                 hflags = (hflags & ~HF_CPL_MASK) | ((seg.flags >> 13) & 3)
             new = HF_SS32 if segs["ss"].flags & DESC_B else 0
-            if hflags & HF_CS64:
-                pass
-            elif not (cr0 & CR0_PE) or not (hflags & HF_CS32):
-                new |= HF_ADDSEG
-            elif segs["ds"].base | segs["es"].base | segs["ss"].base:
-                new |= HF_ADDSEG
+            if not hflags & HF_CS64 and (not cr0 & CR0_PE or not hflags & HF_CS32
+                                         or segs["ds"].base | segs["es"].base | segs["ss"].base):
+                new |= HF_ADDSEG       # segment bases must be added to addresses
             hflags = (hflags & ~(HF_SS32 | HF_ADDSEG)) | new
         struct.pack_into("<I", ctx, lay.hflags, hflags)
-        self._sys = None
-        if lib.pv_ctx_restore(self._v):
-            raise EngineError("uc_context_restore failed")
+        self._commit_context()
 
     def flush_tlb(self, address=None):
         self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
