@@ -50,6 +50,17 @@ def seg(sel, raw):
     return events.descriptor_segment(sel, raw)
 
 
+def place_cpu(cpu, cpl, gate_size, user_code, kernel_code):
+    """Descriptor tables, and CS/SS/RSP/RIP/RFLAGS of code running at ``cpl``."""
+    raw = struct.unpack_from("<7Q", gdt_bytes())
+    cpu.tables["gdtr"] = Table(0, GDT, 7 * 8 - 1, 0)
+    cpu.tables["idtr"] = Table(0, IDT, 256 * gate_size - 1, 0)
+    cpu.tables["tr"] = Table(TSS_SEL, TSS, 0x67, 0)
+    code, data, rsp = (user_code | 3, UDATA | 3, USTACK) if cpl == 3 else (kernel_code, KDATA, KSTACK - 0x800)
+    cpu.segments["cs"], cpu.segments["ss"] = seg(code, raw[code >> 3]), seg(data, raw[data >> 3])
+    cpu.regs.rsp, cpu.regs.rip, cpu.regs.rflags = rsp, 0x401234, 0x202
+
+
 def machine64(cpl=3):
     mem = GuestMemory(16 << 20)
     write_identity_page_tables(mem)
@@ -60,19 +71,7 @@ def machine64(cpl=3):
     cpu = SoftCpu()
     cpu.cr.update({0: 0x80050033, 3: 0x9000, 4: 0x20})
     cpu.msrs[0xC0000080] = EFER_LME | EFER_LMA
-    cpu.tables["gdtr"] = Table(0, GDT, 7 * 8 - 1, 0)
-    cpu.tables["idtr"] = Table(0, IDT, 256 * 16 - 1, 0)
-    cpu.tables["tr"] = Table(TSS_SEL, TSS, 0x67, 0)
-    raw = struct.unpack_from("<7Q", gdt_bytes())
-    if cpl == 3:
-        cpu.segments["cs"] = seg(UCODE64 | 3, raw[3])
-        cpu.segments["ss"] = seg(UDATA | 3, raw[4])
-        cpu.regs.rsp = USTACK
-    else:
-        cpu.segments["cs"] = seg(KCODE64, raw[1])
-        cpu.segments["ss"] = seg(KDATA, raw[2])
-        cpu.regs.rsp = KSTACK - 0x800
-    cpu.regs.rip, cpu.regs.rflags = 0x401234, 0x202
+    place_cpu(cpu, cpl, 16, UCODE64, KCODE64)
     return cpu, mem
 
 
@@ -133,17 +132,7 @@ def machine32(cpl=3):
     mem.write(TSS + 4, struct.pack("<II", KSTACK, KDATA))   # ESP0, SS0
     cpu = SoftCpu()
     cpu.cr.update({0: 0x11})
-    cpu.tables["gdtr"] = Table(0, GDT, 7 * 8 - 1, 0)
-    cpu.tables["idtr"] = Table(0, IDT, 256 * 8 - 1, 0)
-    cpu.tables["tr"] = Table(TSS_SEL, TSS, 0x67, 0)
-    raw = struct.unpack_from("<7Q", gdt_bytes())
-    if cpl == 3:
-        cpu.segments["cs"], cpu.segments["ss"] = seg(UCODE32 | 3, raw[6]), seg(UDATA | 3, raw[4])
-        cpu.regs.rsp = USTACK
-    else:
-        cpu.segments["cs"], cpu.segments["ss"] = seg(KCODE32, raw[5]), seg(KDATA, raw[2])
-        cpu.regs.rsp = KSTACK - 0x800
-    cpu.regs.rip, cpu.regs.rflags = 0x401234, 0x202
+    place_cpu(cpu, cpl, 8, UCODE32, KCODE32)
     return cpu, mem
 
 
