@@ -50,3 +50,23 @@ class GuestStopped(PyvmmError):
 
 class EngineError(PyvmmError):
     """The CPU engine (Unicorn) refused an operation the VMM asked of it."""
+
+
+class RingError(PyvmmError):
+    """A shared ring (io/ring.h, xs_wire.h) whose peer broke the protocol.
+
+    Raised when a peer's index is impossible (a producer further ahead than the
+    ring holds); the backend disconnects that peer and nothing else is touched.
+    """
+
+
+class XenstoreError(PyvmmError):
+    """A xenstore operation refused with a Xen errno name (``ENOENT``, ``EACCES`` ...).
+
+    ``errno_name`` is the string xenstore puts on the wire in an XS_ERROR reply.
+    """
+
+    def __init__(self, errno_name, what):
+        self.errno_name = errno_name
+        self.what = what
+        super().__init__(f"xenstore {errno_name}: {what}")
