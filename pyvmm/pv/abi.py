@@ -16,8 +16,9 @@ has ``flags``, ``frame_list`` handles are ``xen_pfn_t``).
 Invariants: layouts are immutable and registered once under their C typedef name;
 ``unsigned long``, ``xen_ulong_t`` and ``xen_pfn_t`` are 64-bit; a
 ``XEN_GUEST_HANDLE(T)`` is ``struct { T *p; }``, i.e. 8 bytes aligned to 8. Other
-modules (devices/ring.py, pv/xs_wire.py, ...) add their layouts with
-``register_layout``/``register_constants``; ``all_lines()`` imports them first.
+modules (devices/blkif.py, devices/netif.py, pv/xs_wire.py) keep a ``LAYOUTS`` list
+that ``all_lines()`` imports and registers (see ``LAYOUT_MODULES``), or call
+``register_layout``/``register_constants`` themselves.
 """
 
 import importlib
@@ -50,10 +51,14 @@ class Constant(NamedTuple):
 _LAYOUTS = {}
 _CONSTANTS = {}
 
-# Modules whose layouts come from other parts of pyvmm; each registers itself on
-# import. A module not written yet is skipped, an error inside one is not.
-LAYOUT_MODULES = ("pyvmm.devices.ring", "pyvmm.pv.xs_wire", "pyvmm.devices.block.blkif",
-                  "pyvmm.devices.net.netif")
+# Modules of other parts of pyvmm whose ``LAYOUTS`` list of ``(typedef, aggregate)``
+# pairs comes from the given header (a module may also call ``register_layout``
+# itself). A module not written yet is skipped; an error inside one is not.
+LAYOUT_MODULES = {
+    "pyvmm.devices.blkif": "xen/io/blkif.h",
+    "pyvmm.devices.netif": "xen/io/netif.h",
+    "pyvmm.pv.xs_wire": "xen/io/xs_wire.h",
+}
 
 
 def register_layout(typedef, aggregate, header):
@@ -80,12 +85,15 @@ def _register_globals(header, names, cprefix=""):
 
 
 def _load_layout_modules():
-    for name in LAYOUT_MODULES:
+    for name, header in LAYOUT_MODULES.items():
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name is None or not name.startswith(exc.name):
                 raise
+            continue
+        for typedef, aggregate in getattr(module, "LAYOUTS", ()):
+            register_layout(typedef, aggregate, header)
 
 
 def layouts():
