@@ -70,3 +70,16 @@ class XenstoreError(PyvmmError):
         self.errno_name = errno_name
         self.what = what
         super().__init__(f"xenstore {errno_name}: {what}")
+
+
+class DiskImageError(PyvmmError):
+    """A disk image operation that cannot be done (out of range, read-only, closed).
+
+    Unlike BadImageError the file itself is fine; the request was wrong.
+    ``path`` names the image.
+    """
+
+    def __init__(self, path, problem):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
