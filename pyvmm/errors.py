@@ -83,3 +83,12 @@ class DiskImageError(PyvmmError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class MigrationError(PyvmmError):
+    """Migration cannot go on with these inputs (a RAM copy of the wrong size, ...)."""
+
+
+class MigrationStreamError(MigrationError):
+    """A migration stream (or a page delta in it) that is malformed, truncated,
+    corrupted, or from a newer format version; the message says which and where."""
