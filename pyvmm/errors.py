@@ -92,3 +92,34 @@ class MigrationError(PyvmmError):
 class MigrationStreamError(MigrationError):
     """A migration stream (or a page delta in it) that is malformed, truncated,
     corrupted, or from a newer format version; the message says which and where."""
+
+
+class FrameError(PyvmmError):
+    """A guest frame operation refused: a gfn the domain does not own, one still
+    mapped by another domain, outside its RAM (``gfn`` names the frame)."""
+
+    def __init__(self, domid, gfn, problem):
+        self.domid = domid
+        self.gfn = gfn
+        super().__init__(f"domain {domid} frame {gfn:#x}: {problem}")
+
+
+class XenOpError(PyvmmError):
+    """A Xen operation refused with the code Xen would return (``code`` < 0).
+
+    Raised by the Python-side API of grant tables and event channels; the
+    hypercall entry points turn it into the return value or status field.
+    """
+
+    def __init__(self, code, what):
+        self.code = code
+        self.what = what
+        super().__init__(f"{what} (Xen code {code})")
+
+
+class GrantError(XenOpError):
+    """A grant-table operation refused: ``code`` is a GNTST_* status (grant_table.h)."""
+
+
+class EventChannelError(XenOpError):
+    """An event-channel operation refused: ``code`` is -errno (xen/errno.h)."""
