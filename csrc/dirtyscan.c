@@ -1,0 +1,218 @@
+/* See dirtyscan.h. Compiled by cffi into pyvmm._dirtyscan (csrc/dirtyscan_build.py). */
+#include <string.h>
+#include "dirtyscan.h"
+
+typedef unsigned __int128 u128;
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);      /* unaligned-safe; one mov on x86-64 */
+    return v;              /* x86 is little-endian: limb order as the hash defines */
+}
+
+uint64_t ds_bitmap_count(const uint8_t *bitmap, size_t nbytes)
+{
+    uint64_t n = 0;
+    size_t i = 0;
+    for (; i + 8 <= nbytes; i += 8)
+        n += (uint64_t)__builtin_popcountll(load64(bitmap + i));
+    for (; i < nbytes; i++)
+        n += (uint64_t)__builtin_popcount(bitmap[i]);
+    return n;
+}
+
+/* Report the set bits of one unit (a byte or an aligned word) whose bit 0 is page
+ * `base`. Returns 0 when cap was reached (the unreported bits are put back). */
+#define SCAN_UNIT(type, unit, base)                                                \
+    do {                                                                           \
+        type w_ = clear ? __atomic_exchange_n((unit), (type)0, __ATOMIC_ACQ_REL)   \
+                        : *(volatile type *)(unit);                                \
+        while (w_) {                                                               \
+            if (n == cap) {                                                        \
+                if (clear)                                                         \
+                    __atomic_fetch_or((unit), w_, __ATOMIC_ACQ_REL);               \
+                return n;                                                          \
+            }                                                                      \
+            out[n++] = (base) + (uint64_t)__builtin_ctzll((uint64_t)w_);           \
+            w_ &= (type)(w_ - 1);                                                  \
+        }                                                                          \
+    } while (0)
+
+size_t ds_bitmap_pages(uint8_t *bitmap, size_t nbytes, uint64_t *out, size_t cap, int clear)
+{
+    size_t n = 0, i = 0;
+    /* bytes up to the first 8-byte-aligned address, aligned words, then the tail */
+    while (i < nbytes && ((uintptr_t)(bitmap + i) & 7)) {
+        if (bitmap[i])
+            SCAN_UNIT(uint8_t, bitmap + i, (uint64_t)i * 8);
+        i++;
+    }
+    for (; i + 8 <= nbytes; i += 8) {
+        uint64_t *word = (uint64_t *)(void *)(bitmap + i);
+        if (*(volatile uint64_t *)word)
+            SCAN_UNIT(uint64_t, word, (uint64_t)i * 8);
+    }
+    for (; i < nbytes; i++) {
+        if (bitmap[i])
+            SCAN_UNIT(uint8_t, bitmap + i, (uint64_t)i * 8);
+    }
+    return n;
+}
+
+uint64_t ds_compare_pages(const uint8_t *ram, uint8_t *last, uint64_t npages,
+                          uint64_t page_size, uint8_t *changed, int update)
+{
+    uint64_t n = 0;
+    memset(changed, 0, (size_t)((npages + 7) / 8));
+    for (uint64_t p = 0; p < npages; p++) {
+        const uint8_t *a = ram + p * page_size;
+        uint8_t *b = last + p * page_size;
+        if (memcmp(a, b, (size_t)page_size) != 0) {
+            changed[p >> 3] |= (uint8_t)(1u << (p & 7));
+            n++;
+            if (update)
+                memcpy(b, a, (size_t)page_size);
+        }
+    }
+    return n;
+}
+
+/* x mod (2^64 - 59) up to one extra multiple of the prime: 2^64 = 59 (mod p).
+ * For x < 2^90 two folds give a value below 2^64. */
+static inline uint64_t fold(u128 x)
+{
+    x = (x >> 64) * DS_HASH_FOLD + (uint64_t)x;
+    x = (x >> 64) * DS_HASH_FOLD + (uint64_t)x;
+    return (uint64_t)x;
+}
+
+uint64_t ds_page_hash(const uint8_t *page, uint64_t page_size)
+{
+    /* Horner's rule from the top limb, four limbs a step: with B = 2^64 = 59,
+     * h*B^4 + a3*B^3 + a2*B^2 + a1*B + a0; the products of the limbs do not
+     * depend on h, so only one multiply and two folds are on the chain. */
+    const uint64_t f1 = DS_HASH_FOLD, f2 = f1 * f1, f3 = f2 * f1, f4 = f3 * f1;
+    uint64_t h = 0;
+    for (uint64_t i = page_size / 8; i >= 4; i -= 4) {
+        const uint8_t *q = page + (i - 4) * 8;
+        u128 x = (u128)h * f4 + (u128)load64(q + 24) * f3 + (u128)load64(q + 16) * f2
+                 + (u128)load64(q + 8) * f1 + load64(q);
+        h = fold(x);
+    }
+    return h >= DS_HASH_PRIME ? h - DS_HASH_PRIME : h;
+}
+
+void ds_hash_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size, uint64_t *hashes)
+{
+    for (uint64_t p = 0; p < npages; p++)
+        hashes[p] = ds_page_hash(ram + p * page_size, page_size);
+}
+
+uint64_t ds_compare_hashes(const uint8_t *ram, uint64_t *hashes, uint64_t npages,
+                           uint64_t page_size, uint8_t *changed, int update)
+{
+    uint64_t n = 0;
+    memset(changed, 0, (size_t)((npages + 7) / 8));
+    for (uint64_t p = 0; p < npages; p++) {
+        uint64_t h = ds_page_hash(ram + p * page_size, page_size);
+        if (h != hashes[p]) {
+            changed[p >> 3] |= (uint8_t)(1u << (p & 7));
+            n++;
+            if (update)
+                hashes[p] = h;
+        }
+    }
+    return n;
+}
+
+static inline int put_uleb(uint8_t *out, uint64_t *pos, uint64_t limit, uint64_t v)
+{
+    do {
+        if (*pos >= limit)
+            return -1;
+        uint8_t b = v & 0x7f;
+        v >>= 7;
+        out[(*pos)++] = v ? (uint8_t)(b | 0x80) : b;
+    } while (v);
+    return 0;
+}
+
+/* First index >= i where old and new differ (len if none). */
+static inline uint64_t skip_same(const uint8_t *old, const uint8_t *new_, uint64_t i, uint64_t len)
+{
+    while (i + 8 <= len && load64(old + i) == load64(new_ + i))
+        i += 8;
+    while (i < len && old[i] == new_[i])
+        i++;
+    return i;
+}
+
+int64_t ds_xbzrle_encode(const uint8_t *old, const uint8_t *new_, uint64_t len,
+                         uint8_t *out, uint64_t limit)
+{
+    uint64_t pos = 0, i = 0;
+    while (i < len) {
+        uint64_t start = i;
+        i = skip_same(old, new_, i, len);
+        if (i == len)
+            break;                       /* trailing unchanged bytes are implied */
+        uint64_t u = i - start, j = i;
+        for (;;) {                       /* the changed run, with short gaps inside */
+            while (i < len && old[i] != new_[i])
+                i++;
+            if (i == len)
+                break;
+            uint64_t k = skip_same(old, new_, i, len);
+            if (k == len || k - i >= DS_XBZRLE_MIN_SKIP)
+                break;
+            i = k;
+        }
+        uint64_t c = i - j;
+        if (put_uleb(out, &pos, limit, u) || put_uleb(out, &pos, limit, c) || c > limit - pos)
+            return -1;
+        memcpy(out + pos, new_ + j, (size_t)c);
+        pos += c;
+    }
+    return (int64_t)pos;
+}
+
+static inline int get_uleb(const uint8_t *d, uint64_t dlen, uint64_t *pos, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int shift = 0; shift < 35; shift += 7) {
+        if (*pos >= dlen)
+            return DS_ERR_TRUNCATED;
+        uint8_t b = d[(*pos)++];
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return DS_ERR_BAD_LENGTH;
+}
+
+int ds_xbzrle_decode(const uint8_t *delta, uint64_t dlen, uint8_t *page, uint64_t len)
+{
+    for (int apply = 0; apply < 2; apply++) {   /* pass 0 checks, pass 1 writes */
+        uint64_t pos = 0, off = 0, u, c;
+        int err;
+        while (pos < dlen) {
+            if ((err = get_uleb(delta, dlen, &pos, &u)) || (err = get_uleb(delta, dlen, &pos, &c)))
+                return err;
+            if (c == 0 || (u == 0 && off != 0))   /* off > 0 after the first pair */
+                return DS_ERR_EMPTY_RUN;
+            if (u > len - off || c > len - off - u)
+                return DS_ERR_OVERRUN;
+            if (c > dlen - pos)
+                return DS_ERR_TRUNCATED;
+            off += u;
+            if (apply)
+                memcpy(page + off, delta + pos, (size_t)c);
+            pos += c;
+            off += c;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,68 @@
+/* pyvmm dirty-page scan: the hot loop of live migration, over guest RAM in place.
+ *
+ * Guest RAM is the host buffer the CPU engine maps zero-copy (pyvmm/mm/memory.py);
+ * Python hands its address in through cffi's from_buffer, so nothing is copied.
+ * pyvmm/migrate/dirty_scan.py holds the pure-Python twin of every function here;
+ * both give the same answers, and the tests compare them on the same inputs.
+ *
+ * Bitmaps are LSB-first bytes (bit k of byte j is page 8*j + k), which is the
+ * layout of KVM_GET_DIRTY_LOG's array of little-endian unsigned longs on x86.
+ *
+ * Page hash: a page read as one little-endian integer (limb i = bytes 8i..8i+7,
+ * weight 2^(64 i)) taken modulo the prime DS_HASH_PRIME = 2^64 - 59. Python gets
+ * the same number as int.from_bytes(page, "little") % DS_HASH_PRIME.
+ *
+ * XBZRLE delta of a page (same bytes from C and Python):
+ *   repeated { uleb128 u; uleb128 c; c bytes of the new page }
+ * u unchanged bytes are skipped, then c changed bytes are copied. c >= 1; u may be
+ * 0 only in the first pair. An unchanged run shorter than DS_XBZRLE_MIN_SKIP that
+ * lies between changed bytes is carried as literal bytes in c (cheaper than a new
+ * pair). Unchanged bytes at the end of the page are not encoded. An unchanged page
+ * encodes as zero bytes.
+ */
+#include <stdint.h>
+#include <stddef.h>
+
+#define DS_HASH_PRIME 18446744073709551557ULL   /* 2^64 - 59, the largest prime below 2^64 */
+#define DS_HASH_FOLD 59ULL                      /* 2^64 mod DS_HASH_PRIME */
+#define DS_XBZRLE_MIN_SKIP 3
+
+/* XBZRLE decode errors (negative return values of ds_xbzrle_decode) */
+#define DS_ERR_TRUNCATED (-1)   /* a length or the literal bytes run past the delta */
+#define DS_ERR_OVERRUN (-2)     /* the runs add up to more than the page */
+#define DS_ERR_EMPTY_RUN (-3)   /* c == 0, or u == 0 after the first pair */
+#define DS_ERR_BAD_LENGTH (-4)  /* a uleb128 longer than 5 bytes */
+
+/* Set bits in bitmap[0..nbytes): how many. */
+uint64_t ds_bitmap_count(const uint8_t *bitmap, size_t nbytes);
+
+/* Write the numbers of the set bits (ascending) into out[0..cap); returns how many
+ * were written. With clear != 0 every bit reported is cleared, atomically per word,
+ * so a bit set concurrently is never lost (at worst reported again next time).
+ * When cap is reached the remaining bits are left as they are. */
+size_t ds_bitmap_pages(uint8_t *bitmap, size_t nbytes, uint64_t *out, size_t cap, int clear);
+
+/* Compare npages pages of ram with last; set bit p of changed (zeroed first) for
+ * each page that differs; with update != 0 copy those pages into last.
+ * Returns the number of changed pages. */
+uint64_t ds_compare_pages(const uint8_t *ram, uint8_t *last, uint64_t npages,
+                          uint64_t page_size, uint8_t *changed, int update);
+
+/* Hash of one page (page_size % 32 == 0). */
+uint64_t ds_page_hash(const uint8_t *page, uint64_t page_size);
+
+/* hashes[p] = hash of page p, for npages pages. */
+void ds_hash_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size, uint64_t *hashes);
+
+/* Like ds_compare_pages, against per-page hashes; update != 0 stores new hashes. */
+uint64_t ds_compare_hashes(const uint8_t *ram, uint64_t *hashes, uint64_t npages,
+                           uint64_t page_size, uint8_t *changed, int update);
+
+/* Encode new against old (len bytes each) into out[0..limit). Returns the delta
+ * length, or -1 if it would be longer than limit (send the page raw instead). */
+int64_t ds_xbzrle_encode(const uint8_t *old, const uint8_t *new_, uint64_t len,
+                         uint8_t *out, uint64_t limit);
+
+/* Apply delta[0..dlen) to page[0..len) in place. The delta is checked whole before
+ * the page is touched: on error (DS_ERR_*) the page is unchanged. Returns 0. */
+int ds_xbzrle_decode(const uint8_t *delta, uint64_t dlen, uint8_t *page, uint64_t len);

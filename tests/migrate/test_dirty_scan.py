@@ -1,0 +1,227 @@
+"""The dirty-page scan: C and Python backends give the same answers on the same inputs."""
+import os
+from array import array
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyvmm.errors import MigrationError, MigrationStreamError
+from pyvmm.migrate import dirty_scan
+from pyvmm.migrate.dirty_scan import HASH_PRIME, DirtyScanner
+from pyvmm.mm.memory import GuestMemory
+
+SMALL = 64  # a small page size, so hypothesis covers many pages cheaply
+
+
+def _set_bits(data):
+    return [8 * j + k for j, b in enumerate(data) for k in range(8) if b >> k & 1]
+
+
+def test_c_backend_is_built():
+    # pip install -e . builds pyvmm._dirtyscan (setup.py cffi_modules); without it
+    # DirtyScanner() would quietly fall back to Python.
+    assert dirty_scan.c_available()
+    assert DirtyScanner().backend == "c"
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(MigrationError, match="'fortran'"):
+        DirtyScanner("fortran")
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=80), offset=st.integers(0, 7), clear=st.booleans())
+def test_dirty_pages_same_in_both_backends(data, offset, clear):
+    # offset puts the bitmap at every alignment, so the C head/word/tail paths all run
+    results = []
+    for backend in dirty_scan.BACKENDS:
+        buf = bytearray(offset) + bytearray(data)
+        view = memoryview(buf)[offset:]
+        results.append((list(DirtyScanner(backend).dirty_pages(view, clear=clear)), bytes(buf)))
+    assert results[0] == results[1]
+    pages, after = results[0]
+    assert pages == _set_bits(data)
+    assert after == (bytes(len(buf)) if clear else bytes(offset) + data)
+
+
+def test_dirty_pages_keeps_bits_past_capacity():
+    # The C contract: when out[] is full, the bits not reported stay set.
+    from pyvmm import _dirtyscan
+    ffi, lib = _dirtyscan.ffi, _dirtyscan.lib
+    bitmap = bytearray(16)
+    bitmap[0], bitmap[9] = 0b1011, 0b1
+    out = ffi.new("uint64_t[]", 2)
+    assert lib.ds_bitmap_pages(ffi.from_buffer(bitmap), 16, out, 2, 1) == 2
+    assert list(out) == [0, 1]
+    assert bitmap[0] == 0b1000 and bitmap[9] == 1
+    assert list(DirtyScanner("c").dirty_pages(bitmap, clear=True)) == [3, 72]
+
+
+def test_clear_needs_a_writable_bitmap(scanner):
+    with pytest.raises(MigrationError, match="writable bitmap"):
+        scanner.dirty_pages(b"\x01", clear=True)
+    assert list(scanner.dirty_pages(b"\x01\x80")) == [0, 15]
+
+
+@settings(max_examples=100, deadline=None)
+@given(npages=st.integers(1, 40), seed=st.binary(min_size=SMALL, max_size=SMALL),
+       edits=st.lists(st.tuples(st.integers(0, 40 * SMALL - 1), st.integers(1, 255)), max_size=20),
+       update=st.booleans())
+def test_changed_pages_same_in_both_backends(npages, seed, edits, update):
+    ram = bytearray(seed * npages)
+    for pos, xor in edits:
+        if pos < len(ram):
+            ram[pos] ^= xor
+    differ = [p for p in range(npages) if ram[p * SMALL:(p + 1) * SMALL] != seed]
+    results = []
+    for backend in dirty_scan.BACKENDS:
+        last = bytearray(seed * npages)
+        found = DirtyScanner(backend, page_size=SMALL).changed_pages(ram, last, update=update)
+        results.append((list(found), bytes(last)))
+    assert results[0] == results[1]
+    assert results[0][0] == differ
+    assert results[0][1] == (bytes(ram) if update else seed * npages)
+
+
+def test_changed_pages_on_guest_memory_then_clean(scanner):
+    mem = GuestMemory(2 << 20)
+    try:
+        last = bytearray(mem.size)
+        mem.write(0x1000, b"guest")
+        mem.write_u64(0x1FFFF8, 0xDEADBEEF)
+        assert list(scanner.changed_pages(mem, last, update=True)) == [1, 511]
+        assert last[0x1000:0x1005] == b"guest"
+        assert list(scanner.changed_pages(mem, last)) == []
+    finally:
+        mem.close()
+
+
+def test_changed_pages_refuses_mismatched_copy(scanner):
+    ram = bytearray(3 * 4096)
+    ram[5] = 1
+    last = bytearray(2 * 4096)
+    with pytest.raises(MigrationError, match="8192 bytes does not match guest RAM of 12288"):
+        scanner.changed_pages(ram, last, update=True)
+    assert last == bytearray(2 * 4096)
+    with pytest.raises(MigrationError, match="not a whole number"):
+        scanner.changed_pages(bytes(100), bytes(100))
+    with pytest.raises(MigrationError, match="writable copy"):
+        scanner.changed_pages(ram, bytes(3 * 4096), update=True)
+    with pytest.raises(MigrationError, match="got int"):
+        scanner.changed_pages(5, last)
+
+
+@settings(max_examples=50, deadline=None)
+@given(pages=st.lists(st.binary(min_size=SMALL, max_size=SMALL), min_size=1, max_size=20))
+def test_page_hashes_are_the_page_as_an_integer_mod_the_prime(pages):
+    ram = b"".join(pages)
+    expect = [int.from_bytes(p, "little") % HASH_PRIME for p in pages]
+    for backend in dirty_scan.BACKENDS:
+        assert list(DirtyScanner(backend, page_size=SMALL).page_hashes(ram)) == expect
+
+
+def test_hash_of_a_page_at_or_above_the_prime():
+    # 0xFF..FF pages are larger than the prime: the C fold must reduce them fully
+    for fill in (b"\xff" * 4096, (HASH_PRIME).to_bytes(8, "little") + bytes(4088)):
+        expect = int.from_bytes(fill, "little") % HASH_PRIME
+        for backend in dirty_scan.BACKENDS:
+            assert DirtyScanner(backend).page_hashes(fill)[0] == expect
+
+
+def test_changed_pages_by_hash(pair):
+    ram = bytearray(os.urandom(16 * 4096))
+    hashes = [s.page_hashes(ram) for s in pair]
+    assert hashes[0] == hashes[1]
+    ram[3 * 4096] ^= 1
+    ram[15 * 4096 + 4095] ^= 0x80
+    found = [list(s.changed_pages_by_hash(ram, h, update=True)) for s, h in zip(pair, hashes)]
+    assert found == [[3, 15], [3, 15]]
+    assert hashes[0] == hashes[1] == pair[0].page_hashes(ram)
+    assert [list(s.changed_pages_by_hash(ram, h)) for s, h in zip(pair, hashes)] == [[], []]
+    with pytest.raises(MigrationError, match="array\\('Q'\\) of 16 entries, got list of 3"):
+        pair[0].changed_pages_by_hash(ram, [1, 2, 3])
+
+
+def _mutate(old, edits):
+    new = bytearray(old)
+    for pos, data in edits:
+        pos %= len(new)
+        new[pos:pos + len(data)] = data
+        del new[len(old):]
+    return bytes(new)
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=st.binary(min_size=1, max_size=300),
+       edits=st.lists(st.tuples(st.integers(0, 299), st.binary(min_size=1, max_size=12)), max_size=12),
+       limit=st.one_of(st.none(), st.integers(0, 400)))
+def test_xbzrle_round_trip_same_bytes_in_both_backends(old, edits, limit):
+    new = _mutate(old, edits)
+    c, py = DirtyScanner("c"), DirtyScanner("python")
+    delta = c.xbzrle_encode(old, new, limit)
+    assert py.xbzrle_encode(old, new, limit) == delta
+    if delta is None:
+        assert limit is not None or len(new) > 0
+        return
+    assert len(delta) <= (len(new) if limit is None else limit)
+    assert c.xbzrle_decode(delta, old) == new == py.xbzrle_decode(delta, old)
+
+
+def test_xbzrle_wire_format(scanner):
+    old = bytes(4096)
+    assert scanner.xbzrle_encode(old, old) == b""
+    new = bytearray(old)
+    new[10], new[12] = 1, 2          # a 1-byte gap is carried inside the run
+    new[100:103] = b"abc"            # a 87-byte gap starts a new pair
+    new[4095] = 9
+    assert scanner.xbzrle_encode(old, new) == (
+        b"\x0a\x03\x01\x00\x02" + b"\x57\x03abc" + b"\x98\x1f\x01\x09")   # 3992 = uleb 98 1f
+    assert scanner.xbzrle_encode(old, bytes([7]) * 4096) is None   # larger than the page
+    assert scanner.xbzrle_encode(old, new, limit=5) is None
+
+
+@pytest.mark.parametrize("delta, problem", [
+    (b"\x00", "go past the end"),                    # u, no c
+    (b"\x00\x05ab", "go past the end"),              # 5 literal bytes promised, 2 given
+    (b"\x00\x00", "changed run of length 0"),
+    (b"\x00\x01a\x00\x01b", "changed run of length 0"),  # u == 0 after the first pair
+    (b"\xff\x1f\x01a", "more than the page"),        # skips 4095, then 1 byte: fits; see next
+    (b"\x80\x20\x01a", "more than the page"),        # skips 4096
+    (b"\x80\x80\x80\x80\x80\x01", "longer than 5 bytes"),
+])
+def test_malformed_xbzrle_is_refused_the_same_way(pair, delta, problem):
+    old = bytes(range(256)) * 16
+    if delta == b"\xff\x1f\x01a":
+        delta += b"\x01\x01b"        # a second pair past the end of the page
+    messages = []
+    for scanner in pair:
+        with pytest.raises(MigrationStreamError, match=problem) as info:
+            scanner.xbzrle_decode(delta, old)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert f"delta of {len(delta)} bytes for a 4096-byte page" in messages[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(delta=st.binary(max_size=40))
+def test_any_delta_decodes_or_fails_alike(delta):
+    old = bytes(64)
+    outcome = []
+    for backend in dirty_scan.BACKENDS:
+        try:
+            outcome.append(DirtyScanner(backend).xbzrle_decode(delta, old))
+        except MigrationStreamError as e:
+            outcome.append(str(e))
+    assert outcome[0] == outcome[1]
+
+
+def test_decode_leaves_the_old_page_alone(scanner):
+    old = bytearray(b"x" * 64)
+    assert scanner.xbzrle_decode(b"\x02\x01y", old) == b"xxyx" + b"x" * 60
+    assert old == b"x" * 64
+
+
+def test_results_are_page_number_arrays(scanner):
+    found = scanner.changed_pages(b"\x01" * 8192, bytes(8192))
+    assert isinstance(found, array) and found.typecode == "Q" and list(found) == [0, 1]
