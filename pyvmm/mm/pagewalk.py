@@ -9,7 +9,7 @@ hardware would push (SDM Vol. 3A, 4.7). Accessed/dirty bits are not set by these
 VMM-side walks.
 """
 
-from pyvmm.cpu.state import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE
+from pyvmm.cpu.state import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA, EFER_NXE
 from pyvmm.errors import GuestFault, GuestMemoryError
 
 PF = 14
@@ -37,14 +37,16 @@ def translate(mem, paging, vaddr, write=False, user=False, fetch=False):
     """Guest-linear ``vaddr`` -> guest-physical address, or GuestFault(#PF)."""
     if not paging.cr0 & CR0_PG:
         return vaddr & 0xFFFF_FFFF
-    rsvd_hi = ~((1 << MAXPHYADDR) - 1) & ~PTE_NX & 0xFFFF_FFFF_FFFF_FFFF
+    # I/D is only reported with SMEP or PAE-format NX (SDM Vol. 3A, 4.7)
+    fetch_id = fetch and bool(paging.cr4 & CR4_SMEP or (paging.cr4 & CR4_PAE and paging.efer & EFER_NXE))
+    rsvd_hi = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)   # bits 51:MAXPHYADDR; 62:52 are ignored
     if paging.efer & EFER_LMA:
         levels = ((paging.cr3 & ADDR_MASK_4K, 39), (None, 30), (None, 21), (None, 12))
         entry_size = 8
     elif paging.cr4 & CR4_PAE:
         pdpte = mem.read_u64((paging.cr3 & 0xFFFF_FFE0) + ((vaddr >> 30) & 3) * 8)
         if not pdpte & PTE_P:
-            _fault(vaddr, 0, write, user, fetch)
+            _fault(vaddr, 0, write, user, fetch_id)
         levels = ((pdpte & ADDR_MASK_4K, 21), (None, 12))
         entry_size = 8
     else:
@@ -60,11 +62,12 @@ def translate(mem, paging, vaddr, write=False, user=False, fetch=False):
             entry = mem.read_u64(table + index * 8) if entry_size == 8 else mem.read_u32(table + index * 4)
         except GuestMemoryError:
             # A table outside RAM reads as all ones on a PC: reserved bits are set.
-            _fault(vaddr, PFEC_P | PFEC_RSVD, write, user, fetch)
+            _fault(vaddr, PFEC_P | PFEC_RSVD, write, user, fetch_id)
         if not entry & PTE_P:
-            _fault(vaddr, 0, write, user, fetch)
-        if entry_size == 8 and (entry & rsvd_hi or (entry & PTE_NX and not nx_ok)):
-            _fault(vaddr, PFEC_P | PFEC_RSVD, write, user, fetch)
+            _fault(vaddr, 0, write, user, fetch_id)
+        if entry_size == 8 and (entry & rsvd_hi or (entry & PTE_NX and not nx_ok)
+                                or entry & _large_reserved(len(levels) - depth, entry)):
+            _fault(vaddr, PFEC_P | PFEC_RSVD, write, user, fetch_id)
         allow_w &= bool(entry & PTE_W)
         allow_u &= bool(entry & PTE_U)
         if entry_size == 8 and entry & PTE_NX:
@@ -72,7 +75,7 @@ def translate(mem, paging, vaddr, write=False, user=False, fetch=False):
         last = depth == len(levels) - 1
         large = not last and entry & PTE_PS and (shift in (21, 30) if entry_size == 8 else paging.cr4 & CR4_PSE)
         if last or large:
-            _check(vaddr, write, user, fetch, allow_w, allow_u, allow_x, paging)
+            _check(vaddr, write, user, fetch, fetch_id, allow_w, allow_u, allow_x, paging)
             if entry_size == 4 and large:        # 4 MiB page: bits 31:22, PSE-36 bits 20:13
                 base = (entry & 0xFFC0_0000) | ((entry >> 13) & 0xFF) << 32
             else:
@@ -82,13 +85,20 @@ def translate(mem, paging, vaddr, write=False, user=False, fetch=False):
     raise AssertionError("unreachable")
 
 
-def _check(vaddr, write, user, fetch, allow_w, allow_u, allow_x, paging):
-    if user and not allow_u:
-        _fault(vaddr, PFEC_P, write, user, fetch)
-    if write and not allow_w and (user or paging.cr0 & CR0_WP):
-        _fault(vaddr, PFEC_P, write, user, fetch)
-    if fetch and not allow_x:
-        _fault(vaddr, PFEC_P, write, user, fetch)
+def _large_reserved(levels_left, entry):
+    """Reserved bits of a PAE-format entry beyond the address width (SDM Vol. 3A, Tables
+    4-15, 4-16, 4-18): PS in a PML4E, bits 29:13 of a 1-GiB PDPTE, bits 20:13 of a 2-MiB PDE."""
+    if levels_left == 4:
+        return PTE_PS
+    if not entry & PTE_PS:
+        return 0
+    return {3: 0x3FFF_E000, 2: 0x1F_E000}.get(levels_left, 0)
+
+
+def _check(vaddr, write, user, fetch, fetch_id, allow_w, allow_u, allow_x, paging):
+    if (user and not allow_u or write and not allow_w and (user or paging.cr0 & CR0_WP)
+            or fetch and not allow_x):
+        _fault(vaddr, PFEC_P, write, user, fetch_id)
 
 
 def _fault(vaddr, code, write, user, fetch):
