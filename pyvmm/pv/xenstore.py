@@ -46,7 +46,7 @@ _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 MAX_NODES_PER_DOMAIN = 1000
 MAX_WATCHES_PER_DOMAIN = 128
 MAX_TRANSACTIONS_PER_DOMAIN = 10
-MAX_QUEUED_OUTPUT = 256 * 1024   # reply/event bytes a guest may leave unread before reset
+MAX_QUEUED_OUTPUT = 64 * 1024    # reply/event bytes a guest may leave unread before reset
 
 
 def domain_path(domid):
