@@ -777,6 +777,7 @@ class RingClient(_Client):
         self._in = bytearray()
         self._events = deque()
         self._busy = False
+        self._dispatching = False
 
     def _call(self, msg_type, tx, payload):
         req_id = next(self._req_ids) & 0xFFFFFFFF
@@ -816,9 +817,18 @@ class RingClient(_Client):
         return None
 
     def poll(self):
-        """Take what the server wrote and run queued watch callbacks (not during a request)."""
-        if self._busy:
+        """Take what the server wrote and run queued watch callbacks, one at a time.
+
+        Like a guest's xenwatch thread: never inside a request, and never inside
+        another callback (events it causes run after it returns).
+        """
+        if self._busy or self._dispatching:
             return
-        self._read_until(None)
-        while self._events:
-            self._event(*self._events.popleft())
+        self._dispatching = True
+        try:
+            self._read_until(None)
+            while self._events:
+                self._event(*self._events.popleft())
+                self._read_until(None)
+        finally:
+            self._dispatching = False
