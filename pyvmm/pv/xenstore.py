@@ -32,8 +32,9 @@ from typing import NamedTuple
 from pyvmm.errors import RingError, XenstoreError
 from pyvmm.pv.xs_wire import (HEADER_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_ERROR_PROTO,
                               XENSTORE_ERROR_RINGIDX, XENSTORE_PAYLOAD_MAX, XENSTORE_RECONNECT,
-                              XENSTORE_REL_PATH_MAX, XsRingPage, XsType, decode_header,
-                              encode_message, join_strings, split_strings)
+                              XENSTORE_REL_PATH_MAX, XENSTORE_SERVER_FEATURE_ERROR,
+                              XENSTORE_SERVER_FEATURE_RECONNECTION, XsRingPage, XsType,
+                              decode_header, encode_message, join_strings, split_strings)
 
 __all__ = ["Perm", "Xenstore", "XsConnection", "LocalClient", "RingClient", "domain_path"]
 
@@ -46,6 +47,7 @@ _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 MAX_NODES_PER_DOMAIN = 1000
 MAX_WATCHES_PER_DOMAIN = 128
 MAX_TRANSACTIONS_PER_DOMAIN = 10
+SERVER_FEATURES = XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR
 MAX_QUEUED_OUTPUT = 64 * 1024    # reply/event bytes a guest may leave unread before reset
 
 
@@ -567,7 +569,7 @@ class XsConnection(_Session):
     def __init__(self, store, domid, shared, notify):
         super().__init__(store, domid)
         self.page = XsRingPage(shared)
-        self.page.set("server_features", self.page.get("server_features") | 3)
+        self.page.set("server_features", self.page.get("server_features") | SERVER_FEATURES)
         self.notify = notify
         self.broken = None
         self._serving = False

@@ -46,7 +46,7 @@ class Setup:
         return read_state(self.dom0, self.fe_path), read_state(self.dom0, self.be_path)
 
 
-def test_toolstack_creates_linked_directories(store=None):
+def test_toolstack_creates_linked_directories():
     s = Setup()
     assert s.dom0.read(f"{s.fe_path}/backend").decode() == s.be_path
     assert s.dom0.read(f"{s.be_path}/frontend").decode() == s.fe_path
