@@ -343,7 +343,7 @@ class GrantTable:
     # --- copy ----------------------------------------------------------------------
 
     def _copy_buffer(self, ptr, is_gref, readonly):
-        """(domain, ref or None, page view, start, length) for one side of a copy."""
+        """(domain, pinned ref or None, page view) for one side of a copy."""
         me = self.domain
         other = me.resolve(ptr["domid"])
         if other is None:
