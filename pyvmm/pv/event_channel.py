@@ -214,10 +214,13 @@ class EventChannels:
             rchan.remote_domid = self.domain.domid
         self._free(port)
 
+    def open_ports(self):
+        """The ports in use (neither free nor the reserved port 0), ascending."""
+        return [p for p, c in enumerate(self._ports) if c.state not in (ECS_FREE, ECS_RESERVED)]
+
     def close_all(self):
-        for port, chan in enumerate(self._ports):
-            if chan.state not in (ECS_FREE, ECS_RESERVED):
-                self.close(port)
+        for port in self.open_ports():
+            self.close(port)
 
     def send(self, port):
         """EVTCHNOP_send: notify the other end of ``port`` (dropped while UNBOUND)."""
