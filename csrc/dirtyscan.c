@@ -2,7 +2,7 @@
 #include <string.h>
 #include "dirtyscan.h"
 
-typedef unsigned __int128 u128;
+__extension__ typedef unsigned __int128 u128;
 
 static inline uint64_t load64(const uint8_t *p)
 {

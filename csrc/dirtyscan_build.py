@@ -12,21 +12,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _header_cdef():
+    """The header's declarations; its #defines become "#define NAME ..." so that cffi
+    takes each constant's value from the compiled header."""
     text = open(os.path.join(HERE, "dirtyscan.h")).read()
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r"^#.*$", "", text, flags=re.M)
-    # cdef takes integer constants as "#define NAME ..." only; pass them as enums
-    return text
-
-
-def _constants():
-    text = open(os.path.join(HERE, "dirtyscan.h")).read()
     names = re.findall(r"^#define\s+(DS_\w+)\s", text, flags=re.M)
-    return "".join("#define %s ...\n" % name for name in names)
+    decls = re.sub(r"^#.*$", "", text, flags=re.M)
+    return "".join("#define %s ...\n" % name for name in names) + decls
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_constants() + _header_cdef())
+ffibuilder.cdef(_header_cdef())
 with open(os.path.join(HERE, "dirtyscan.c")) as f:
     ffibuilder.set_source("pyvmm._dirtyscan", f.read(), include_dirs=[HERE],
                           extra_compile_args=["-O3"])

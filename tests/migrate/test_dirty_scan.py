@@ -225,3 +225,12 @@ def test_decode_leaves_the_old_page_alone(scanner):
 def test_results_are_page_number_arrays(scanner):
     found = scanner.changed_pages(b"\x01" * 8192, bytes(8192))
     assert isinstance(found, array) and found.typecode == "Q" and list(found) == [0, 1]
+
+
+def test_python_constants_match_the_c_header():
+    from pyvmm import _dirtyscan
+    lib = _dirtyscan.lib
+    assert (lib.DS_HASH_PRIME, lib.DS_XBZRLE_MIN_SKIP) == (HASH_PRIME, dirty_scan.XBZRLE_MIN_SKIP)
+    assert (lib.DS_ERR_TRUNCATED, lib.DS_ERR_OVERRUN, lib.DS_ERR_EMPTY_RUN, lib.DS_ERR_BAD_LENGTH) == (
+        dirty_scan.ERR_TRUNCATED, dirty_scan.ERR_OVERRUN, dirty_scan.ERR_EMPTY_RUN,
+        dirty_scan.ERR_BAD_LENGTH)
