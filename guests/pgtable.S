@@ -199,24 +199,21 @@ hash:
 	ret
 
 # alloc_pt / alloc_data: rax = a zeroed 4 KiB frame from the pool. Running out is a bug in
-# this guest (the workload is sized to fit): report it and stop.
-alloc_pt:
-	mov pt_next(%rip), %rax
-	cmp $PT_POOL_END, %rax
+# this guest (the workload is sized to fit): report it and stop. Clobber rcx and rdi only.
+.macro POOL_ALLOC next:req, end:req, msg:req
+	mov \next(%rip), %rax
+	cmp $\end, %rax
 	jae 1f
-	addq $4096, pt_next(%rip)
+	addq $4096, \next(%rip)
 	jmp zero_frame
-1:	mov $.Lmsg_pt_pool, %esi
+1:	mov $\msg, %esi
 	jmp fail_exit
+.endm
 
+alloc_pt:
+	POOL_ALLOC pt_next, PT_POOL_END, .Lmsg_pt_pool
 alloc_data:
-	mov data_next(%rip), %rax
-	cmp $DATA_POOL_END, %rax
-	jae 1f
-	addq $4096, data_next(%rip)
-	jmp zero_frame
-1:	mov $.Lmsg_data_pool, %esi
-	jmp fail_exit
+	POOL_ALLOC data_next, DATA_POOL_END, .Lmsg_data_pool
 
 zero_frame:                         # rax = frame (kept); clobbers rcx, rdi
 	push %rax

@@ -191,7 +191,7 @@ def reference_result(mem, c, va, write, user, fetch):
     return r.paddr if isinstance(r, refwalk.Translation) else r
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenarios())
 def test_pagewalk_agrees_with_reference(mem, scenario):
     tables, regs, accesses = scenario
