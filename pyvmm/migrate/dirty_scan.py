@@ -234,6 +234,7 @@ class CKernels:
         return self._changed(changed)
 
     def xbzrle_encode(self, old, new, limit):
+        limit = min(limit, 2 * len(new) + 16)   # no delta is longer: each pair carries >= 1 byte
         out = bytearray(limit)
         n = self.lib.ds_xbzrle_encode(self.ffi.from_buffer(old), self.ffi.from_buffer(new), len(new),
                                       self.ffi.from_buffer(out), limit)
