@@ -99,7 +99,7 @@ class Qcow2Image(DiskImage):
                 l2off = m.l1[l1i] & OFFSET_MASK
                 if l2off:
                     e = m.cache.get(l2off)[gci & m.l2_mask]
-                    if e and not e & self._special:
+                    if not e & self._special and e & OFFSET_MASK >= self.cs:
                         data = os.pread(self._f.fd, length, (e & OFFSET_MASK) + inoff)
                         if len(data) == length:
                             return data
@@ -121,10 +121,11 @@ class Qcow2Image(DiskImage):
                 out.append(["c", (e, inoff), n])
                 pos += n
                 continue
+            if e:
+                self._check_data_entry(gci, e)
             if e & ZERO:
                 kind, arg = "z", None
             elif e & OFFSET_MASK:
-                self._check_data_entry(gci, e)
                 kind, arg = "d", (e & OFFSET_MASK) + inoff
             else:
                 kind, arg = ("b", pos) if backing else ("z", None)
@@ -137,7 +138,7 @@ class Qcow2Image(DiskImage):
 
     def _check_data_entry(self, gci, e):
         host = e & OFFSET_MASK
-        if e & L2_RESERVED or host & (self.cs - 1) or host < self.cs:
+        if e & L2_RESERVED or host & (self.cs - 1) or 0 < host < self.cs:
             raise BadImageError(self.path, f"L2 entry for guest cluster {gci} ({e:#x}) has reserved bits "
                                            f"set, is not cluster aligned or points into the header")
 
