@@ -38,9 +38,12 @@ ENTRY_SIZE = abi.grant_entry_v1.size
 ENTRIES_PER_FRAME = PAGE_SIZE // ENTRY_SIZE
 MAX_OPS_PER_CALL = 4096
 _U16 = struct.Struct("<H")
+_ENTRY = struct.Struct("<HHI")   # grant_entry_v1: flags, domid, frame (checked against abi below)
 _U64 = struct.Struct("<Q")
 _FLAGS = abi.grant_entry_v1.offsetof("flags")
 _TYPE_MASK = abi.GTF_type_mask | abi.GTF_sub_page   # what a v1 permit entry must match
+assert [abi.grant_entry_v1.offsetof(m) for m in ("flags", "domid", "frame")] == [0, 2, 4]
+assert _ENTRY.size == ENTRY_SIZE
 _PIN_LIMIT = 0xFF                                    # per-kind pin counter width (8 bits in Xen)
 
 
@@ -208,14 +211,16 @@ class GrantTable:
         flags = _U16.unpack_from(view, _FLAGS)[0]
         _U16.pack_into(view, _FLAGS, (flags | set_bits) & ~clear_bits & 0xFFFF)
 
-    def _pin(self, ref, grantee, readonly):
-        """Pin entry ``ref`` for ``grantee``: checks, GTF_reading/writing, pin counts.
+    def _granted_frame(self, ref, grantee, readonly):
+        """Xen's checks for ``grantee`` using entry ``ref``: (gfn, GTF bits a pin must set).
 
-        Returns the granted gfn. Raises GrantError with Xen's status.
+        While the entry is pinned, the active entry decides (frame and grantee of the
+        first pin); the shared entry is read again only for a first pin or a first
+        writable pin. Raises GrantError with Xen's status; changes nothing.
         """
         self._check_ref(ref)
-        act = self._active.get(ref)
-        if act is not None and act.pinned:
+        act = self._active.get(ref)            # present exactly while pinned
+        if act is not None:
             if act.domid != grantee.domid:
                 raise GrantError(abi.GNTST_general_error,
                                  f"grant {self.domain.domid}:{ref} is pinned by domain {act.domid}, "
@@ -223,35 +228,42 @@ class GrantTable:
             if max(act.readers, act.writers) >= _PIN_LIMIT:
                 raise GrantError(abi.GNTST_general_error,
                                  f"grant {self.domain.domid}:{ref} pin count would overflow")
-        set_bits = 0
-        if act is None or not act.pinned or (not readonly and not act.writers):
-            entry = abi.grant_entry_v1.unpack(self._entry_view(ref))
-            if (entry["flags"] & _TYPE_MASK) != abi.GTF_permit_access or entry["domid"] != grantee.domid:
+        bits = 0
+        if act is None or (not readonly and not act.writers):
+            flags, domid, frame = _ENTRY.unpack_from(self._entry_view(ref))
+            if (flags & _TYPE_MASK) != abi.GTF_permit_access or domid != grantee.domid:
                 raise GrantError(abi.GNTST_general_error,
-                                 f"grant {self.domain.domid}:{ref} has flags {entry['flags']:#x} "
-                                 f"for domain {entry['domid']}; domain {grantee.domid} needs "
-                                 "GTF_permit_access for itself")
-            if not readonly and entry["flags"] & abi.GTF_readonly:
+                                 f"grant {self.domain.domid}:{ref} has flags {flags:#x} for domain "
+                                 f"{domid}; domain {grantee.domid} needs GTF_permit_access for itself")
+            if not readonly and flags & abi.GTF_readonly:
                 raise GrantError(abi.GNTST_general_error,
                                  f"grant {self.domain.domid}:{ref} is read-only; a writable "
                                  "mapping was asked")
-            if act is None or not act.pinned:
-                act = self._active[ref] = _Active(grantee.domid, entry["frame"])
-            set_bits = abi.GTF_reading | (0 if readonly else abi.GTF_writing)
-        if not self.domain.owns(act.gfn):
-            if not act.pinned:
-                del self._active[ref]
+            bits = abi.GTF_reading | (0 if readonly else abi.GTF_writing)
+        gfn = act.gfn if act is not None else frame
+        if not self.domain.owns(gfn):
             raise GrantError(abi.GNTST_bad_page,
-                             f"grant {self.domain.domid}:{ref} names frame {act.gfn:#x}, which "
+                             f"grant {self.domain.domid}:{ref} names frame {gfn:#x}, which "
                              f"domain {self.domain.domid} does not own")
-        if set_bits:
-            self._set_flags(ref, set_bits)
+        return gfn, bits
+
+    def _pin(self, ref, grantee, readonly):
+        """Pin entry ``ref`` for ``grantee`` (a mapping): GTF_reading/writing, pin counts.
+
+        Returns the granted gfn. Raises GrantError with Xen's status.
+        """
+        gfn, bits = self._granted_frame(ref, grantee, readonly)
+        act = self._active.get(ref)
+        if act is None:
+            act = self._active[ref] = _Active(grantee.domid, gfn)
+        if bits:
+            self._set_flags(ref, bits)
         if readonly:
             act.readers += 1
         else:
             act.writers += 1
-        self.domain.foreign_pins[act.gfn] += 1
-        return act.gfn
+        self.domain.foreign_pins[gfn] += 1
+        return gfn
 
     def _unpin(self, ref, readonly):
         act = self._active[ref]
@@ -342,8 +354,8 @@ class GrantTable:
 
     # --- copy ----------------------------------------------------------------------
 
-    def _copy_buffer(self, ptr, is_gref, readonly):
-        """(domain, pinned ref or None, page view) for one side of a copy."""
+    def _copy_page(self, ptr, is_gref, readonly):
+        """The page view one side of a copy names (a grant or the caller's own gmfn)."""
         me = self.domain
         other = me.resolve(ptr["domid"])
         if other is None:
@@ -357,32 +369,26 @@ class GrantTable:
             if not me.owns(gmfn):
                 raise GrantError(abi.GNTST_bad_page, f"copy: gmfn {gmfn:#x} is not a frame of "
                                                      f"domain {me.domid}")
-            return other, None, me.page(gmfn)
-        ref = ptr["u"]["ref"]
-        gfn = other.grant_table._pin(ref, me, readonly)
-        return other, ref, other.page(gfn)
+            return me.page(gmfn)
+        gfn, _ = other.grant_table._granted_frame(ptr["u"]["ref"], me, readonly)
+        return other.page(gfn)
 
     def copy(self, op):
-        """GNTTABOP_copy of one ``gnttab_copy`` (a dict as abi.gnttab_copy unpacks it)."""
-        src_gref = bool(op["flags"] & abi.GNTCOPY_source_gref)
-        dst_gref = bool(op["flags"] & abi.GNTCOPY_dest_gref)
-        pinned = []
-        try:
-            src_dom, src_ref, src = self._copy_buffer(op["source"], src_gref, True)
-            if src_ref is not None:
-                pinned.append((src_dom, src_ref, True))
-            dst_dom, dst_ref, dst = self._copy_buffer(op["dest"], dst_gref, False)
-            if dst_ref is not None:
-                pinned.append((dst_dom, dst_ref, False))
-            soff, doff, length = op["source"]["offset"], op["dest"]["offset"], op["len"]
-            if soff + length > PAGE_SIZE or doff + length > PAGE_SIZE:
-                raise GrantError(abi.GNTST_bad_copy_arg,
-                                 f"copy of {length} bytes from offset {soff} to offset {doff} "
-                                 "crosses a page boundary")
-            dst[doff:doff + length] = bytes(src[soff:soff + length])
-        finally:
-            for dom, ref, readonly in reversed(pinned):
-                dom.grant_table._unpin(ref, readonly)
+        """GNTTABOP_copy of one ``gnttab_copy`` (a dict as abi.gnttab_copy unpacks it).
+
+        Xen pins each grant for the duration of the copy, setting and then clearing
+        GTF_reading/GTF_writing; the copy is atomic here, so the checks are made and
+        the flags end as they were.
+        """
+        flags = op["flags"]
+        src = self._copy_page(op["source"], flags & abi.GNTCOPY_source_gref, True)
+        dst = self._copy_page(op["dest"], flags & abi.GNTCOPY_dest_gref, False)
+        soff, doff, length = op["source"]["offset"], op["dest"]["offset"], op["len"]
+        if soff + length > PAGE_SIZE or doff + length > PAGE_SIZE:
+            raise GrantError(abi.GNTST_bad_copy_arg,
+                             f"copy of {length} bytes from offset {soff} to offset {doff} "
+                             "crosses a page boundary")
+        dst[doff:doff + length] = src[soff:soff + length]
 
     # --- the table as a whole ------------------------------------------------------
 
@@ -415,17 +421,18 @@ def _err(errno):
 
 
 def _each_op(domain, uop, count, layout, handle_op):
-    """Xen's per-op loop: read op i, run it, write its OUT fields; -EFAULT on a bad pointer."""
+    """Xen's per-op loop: read op i, run it, write it back with its OUT fields set.
+
+    Only the OUT fields change; a bad pointer stops the loop with -EFAULT, the
+    ops before it done.
+    """
     access = domain.access
-    for i in range(count):
-        addr = uop + i * layout.size
+    size = layout.size
+    for addr in range(uop, uop + count * size, size):
         try:
-            op = layout.unpack(access.copy_from_guest(addr, layout.size))
-        except GuestMemoryError:
-            return _err(abi.EFAULT)
-        try:
-            for name, value in handle_op(op).items():
-                _write_field(domain, addr, layout, name, value)
+            raw = bytearray(access.copy_from_guest(addr, size))
+            layout.pack_into(raw, 0, handle_op(layout.unpack_from(raw)))
+            access.copy_to_guest(addr, raw)
         except GuestMemoryError:
             return _err(abi.EFAULT)
     return 0
