@@ -300,20 +300,24 @@ class GrantTable:
         granter = me.lookup(dom)
         if granter is None:
             raise GrantError(abi.GNTST_bad_domain, f"map of grant {ref}: no domain {dom}")
-        if me.memory is not None:
-            if not me.owns(host_addr >> abi.PAGE_SHIFT):
-                raise GrantError(abi.GNTST_bad_virt_addr,
-                                 f"map of grant {dom}:{ref} at {host_addr:#x}: not a frame of "
-                                 f"domain {me.domid}")
-            if me.on_foreign_map is None:
-                raise GrantError(abi.GNTST_general_error,
-                                 f"map of grant {dom}:{ref}: the VMM cannot place foreign frames "
-                                 f"in domain {me.domid}'s RAM")
         if not self._free_handles:
             raise GrantError(abi.GNTST_no_space, f"domain {me.domid} has no free grant handle "
                                                  f"({len(self._maptrack)} in use)")
         readonly = bool(flags & abi.GNTMAP_readonly)
         gfn = granter.grant_table._pin(ref, me, readonly)
+        if me.memory is not None:           # a guest: the VMM must place the frame in its RAM
+            problem = None
+            if not me.owns(host_addr >> abi.PAGE_SHIFT):
+                problem = GrantError(abi.GNTST_bad_virt_addr,
+                                     f"map of grant {dom}:{ref} at {host_addr:#x}: not a frame "
+                                     f"of domain {me.domid}")
+            elif me.on_foreign_map is None:
+                problem = GrantError(abi.GNTST_general_error,
+                                     f"map of grant {dom}:{ref}: the VMM cannot place foreign "
+                                     f"frames in domain {me.domid}'s RAM")
+            if problem is not None:
+                granter.grant_table._unpin(ref, readonly)
+                raise problem
         handle = self._free_handles.pop()
         mapping = GrantMapping(handle, granter, ref, gfn, readonly, host_addr)
         self._maptrack[handle] = mapping

@@ -176,7 +176,8 @@ def test_a_guest_map_needs_a_frame_of_its_own_and_a_vmm_that_can_place_it(w):
     g2.on_foreign_map = lambda m: None
     _, (out,) = call_gnttab(g2, abi.GNTTABOP_map_grant_ref, MAP, [dict(op, host_addr=1 << 40)])
     assert out["status"] == abi.GNTST_bad_virt_addr
-    assert g1.grant_table.pins(8) == (0, 0)
+    assert g1.grant_table.pins(8) == (0, 0) and flags_of(g1, 8) == abi.GTF_permit_access
+    assert not g1.foreign_pins
 
 
 def test_batched_ops_get_statuses_one_by_one(w):
