@@ -1,6 +1,8 @@
 """Grant tables v1 as a guest and a Python backend see them, including hostile guests."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvmm.errors import FrameError, GrantError
 from pyvmm.pv import abi
@@ -384,3 +386,46 @@ def test_destroying_a_domain_drops_its_mappings(w):
     table.remove(2)
     assert g1.grant_table.pins(8) == (0, 0) and flags_of(g1, 8) == abi.GTF_permit_access
     g1.release(DATA_GFN)
+
+
+# --- invariants under any sequence of operations ---------------------------------------
+
+_OPS = st.lists(st.tuples(st.sampled_from(["grant", "grant_ro", "revoke", "map", "map_ro",
+                                           "unmap", "copy_in", "copy_out", "release"]),
+                          st.integers(8, 11), st.integers(0, 7)), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS)
+def test_flags_pins_and_frames_stay_consistent(ops):
+    """Whatever dom0 and the granting guest do, GTF_reading is set exactly while an
+    entry is mapped, GTF_writing exactly while it is mapped writable, a mapped grant
+    cannot be revoked, and pinned frames are exactly the mapped ones."""
+    _, dom0, (g1,) = world(nr_guests=1)
+    gt, handles = g1.grant_table, []
+    for kind, ref, n in ops:
+        gfn = DATA_GFN + n
+        try:
+            if kind in ("grant", "grant_ro") and gt.pins(ref) == (0, 0):
+                gt.grant_access(ref, 0, gfn, readonly=kind == "grant_ro")
+            elif kind == "revoke":
+                assert gt.end_access(ref) == (gt.pins(ref) == (0, 0))
+            elif kind in ("map", "map_ro"):
+                handles.append(dom0.grant_table.map_grant_ref(HOST if kind == "map" else RO, ref, 1))
+            elif kind == "unmap" and handles:
+                dom0.grant_table.unmap_grant_ref(handles.pop(n % len(handles)).handle)
+            elif kind in ("copy_in", "copy_out"):
+                here = (gfn, abi.DOMID_SELF, 0)
+                ends = ((ref, 1, 0), here) if kind == "copy_in" else (here, (ref, 1, 0))
+                dom0.grant_table.copy(copy_op(*ends, 64, SRC if kind == "copy_in" else DST))
+            elif kind == "release" and g1.owns(gfn):
+                g1.release(gfn)
+        except (GrantError, FrameError):
+            pass
+        for r in range(8, 12):
+            readers, writers = gt.pins(r)
+            flags = flags_of(g1, r)
+            assert bool(flags & abi.GTF_reading) == (readers + writers > 0)
+            assert bool(flags & abi.GTF_writing) == (writers > 0)
+        assert sum(g1.foreign_pins.values()) == len(handles)
+        assert all(g1.owns(m.gfn) and m.mapped for m in handles)
