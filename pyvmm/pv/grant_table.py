@@ -25,7 +25,9 @@ Deviation: pyvmm has no hypercall continuations, so a call with more than
 Host mappings into a guest's RAM need the VMM's ``on_foreign_map`` hook; without it
 a guest's map request fails with GNTST_general_error. GNTMAP_device_map,
 application_map and contains_pte give GNTST_general_error, as for Xen's
-translated (HVM/PVH) guests.
+translated (HVM/PVH) guests. Only version 1 exists: set_version(2) gives -ENOSYS as
+on a Xen with gnttab max_version=1; transfer (deprecated), dump_table (a debug op),
+unmap_and_replace, get_status_frames, swap_grant_ref and cache_flush give -ENOSYS.
 """
 
 import struct
