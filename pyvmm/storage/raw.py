@@ -123,6 +123,20 @@ class RawImage(DiskImage):
         self._f = HostFile(path, readonly)
         super().__init__(self._f.path, self._f.size, readonly)
 
+    def read(self, offset, length):
+        if not self.closed and offset >= 0 and length > 0 and offset + length <= self.size:
+            data = os.pread(self._f.fd, length, offset)
+            if len(data) == length:
+                return data
+        return DiskImage.read(self, offset, length)
+
+    def write(self, offset, data):
+        n = len(data)
+        if not self.readonly and not self.closed and offset >= 0 and n and offset + n <= self.size:
+            if os.pwrite(self._f.fd, data, offset) == n:
+                return
+        return DiskImage.write(self, offset, data)
+
     def _read(self, offset, length):
         data = self._f.pread(offset, length)
         if len(data) != length:  # the file shrank under us

@@ -55,8 +55,14 @@ class TableCache:
         self.before_writeback = before_writeback
         self.tables = {}
         self.dirty = set()
+        # The most recently used table, served without touching the dict: it is
+        # always the dict's last entry, so the dict order stays exact LRU order.
+        self.mru_offset = None
+        self.mru = None
 
     def get(self, offset):
+        if offset == self.mru_offset:
+            return self.mru
         tables = self.tables
         table = tables.get(offset)
         if table is None:
@@ -66,6 +72,7 @@ class TableCache:
         else:
             del tables[offset]
             tables[offset] = table
+            self.mru_offset, self.mru = offset, table
         return table
 
     def new(self, offset):
@@ -84,6 +91,8 @@ class TableCache:
     def forget(self, offset):
         self.tables.pop(offset, None)
         self.dirty.discard(offset)
+        if offset == self.mru_offset:
+            self.mru_offset = self.mru = None
 
     def _insert(self, offset, table):
         if len(self.tables) >= self.capacity:
@@ -94,6 +103,7 @@ class TableCache:
                 self._write(victim)
             del self.tables[victim]
         self.tables[offset] = table
+        self.mru_offset, self.mru = offset, table
 
     def _write(self, offset):
         self.f.pwrite(offset, self.codec.encode(self.tables[offset]))

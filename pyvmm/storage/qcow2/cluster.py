@@ -26,6 +26,7 @@ COMPRESSED = 1 << 62
 ZERO = 1
 L1_RESERVED = 0x7F000000000001FF
 L2_RESERVED = 0x3F000000000001FE
+PLAIN_LIMIT = 1 << 16
 
 
 class ClusterMap:
@@ -46,6 +47,11 @@ class ClusterMap:
                 self._check_l1(i, entry)
         self.cache = TableCache(hostfile, self.cs, cache_tables, self._q, "L2 table",
                                 before_writeback=self._refcounts_first)
+        # guest cluster -> host offset, for entries seen to be plain data with COPIED
+        # and checked (aligned, past the header, inside the file): the fast path of
+        # reads and in-place writes. Kept in step by set_entry, the only writer.
+        self.plain = {}
+        self._not_plain = COMPRESSED | L2_RESERVED | ZERO | (self.cs - 1) | COPIED
 
     def _check_l1(self, i, entry):
         off = entry & OFFSET_MASK
@@ -71,7 +77,18 @@ class ClusterMap:
 
     def entry(self, gci):
         off, table = self.l2(gci >> self.l2_bits)
-        return table[gci & self.l2_mask] if off else 0
+        if not off:
+            return 0
+        e = table[gci & self.l2_mask]
+        if e & self._not_plain == COPIED:
+            self._note_plain(gci, e & OFFSET_MASK)
+        return e
+
+    def _note_plain(self, gci, host):
+        if self.cs <= host and host + self.cs <= self.f.size:
+            if len(self.plain) >= PLAIN_LIMIT:
+                self.plain.clear()
+            self.plain[gci] = host
 
     def set_entry(self, gci, value):
         """Point guest cluster ``gci`` at ``value``, allocating its L2 table if needed."""
@@ -92,6 +109,9 @@ class ClusterMap:
                                             f"images with internal snapshots is not supported")
         table[gci & self.l2_mask] = value
         self.cache.mark_dirty(off, table)
+        self.plain.pop(gci, None)
+        if value & self._not_plain == COPIED:
+            self._note_plain(gci, value & OFFSET_MASK)
 
     def flush(self):
         """Write dirty L2 tables, then the L1 table; True if anything was written."""

@@ -88,22 +88,37 @@ class Qcow2Image(DiskImage):
         return os.path.join(os.path.dirname(os.path.abspath(self._f.path)), name)
 
     # -- reading -----------------------------------------------------------------
-    def _read(self, offset, length):
+    def _plain_run(self, offset, length):
+        """Host offset of [offset, offset+length) if it is mapped to contiguous host
+        clusters with plain COPIED entries (see ClusterMap.plain), else -1."""
+        plain = self.map.plain
         cb = self.cluster_bits
-        inoff = offset & (self.cs - 1)
-        if inoff + length <= self.cs:
-            gci = offset >> cb
-            m = self.map
-            l1i = gci >> m.l2_bits
-            if l1i < len(m.l1):
-                l2off = m.l1[l1i] & OFFSET_MASK
-                if l2off:
-                    e = m.cache.get(l2off)[gci & m.l2_mask]
-                    if not e & self._special and e & OFFSET_MASK >= self.cs:
-                        data = os.pread(self._f.fd, length, (e & OFFSET_MASK) + inoff)
-                        if len(data) == length:
-                            return data
-        return self._read_slow(offset, length)
+        gci = offset >> cb
+        host = plain.get(gci, -1)
+        if host < 0:
+            return -1
+        for k in range(1, ((offset + length - 1) >> cb) - gci + 1):
+            if plain.get(gci + k) != host + (k << cb):
+                return -1
+        return host + (offset & (self.cs - 1))
+
+    def read(self, offset, length):
+        if not self.closed and offset >= 0 and length > 0 and offset + length <= self.size:
+            inoff = offset & (self.cs - 1)
+            if inoff + length <= self.cs:
+                host = self.map.plain.get(offset >> self.cluster_bits)
+                if host is not None:
+                    data = os.pread(self._f.fd, length, host + inoff)
+                    if len(data) == length:
+                        return data
+            else:
+                host = self._plain_run(offset, length)
+                if host >= 0:
+                    data = os.pread(self._f.fd, length, host)
+                    if len(data) == length:
+                        return data
+            return self._read(offset, length)
+        return DiskImage.read(self, offset, length)
 
     def _extents(self, offset, length):
         """Merged runs [kind, arg, length] covering the range: kind "d" (host data at arg),
@@ -142,7 +157,7 @@ class Qcow2Image(DiskImage):
             raise BadImageError(self.path, f"L2 entry for guest cluster {gci} ({e:#x}) has reserved bits "
                                            f"set, is not cluster aligned or points into the header")
 
-    def _read_slow(self, offset, length):
+    def _read(self, offset, length):
         runs = self._extents(offset, length)
         if len(runs) == 1 and runs[0][0] == "d":
             return self._f.pread_exact(runs[0][1], length, "data cluster")
@@ -200,15 +215,19 @@ class Qcow2Image(DiskImage):
     def _in_place(self, e):
         return (e & (self._special | COPIED)) == COPIED and e & OFFSET_MASK >= self.cs
 
+    def write(self, offset, data):
+        n = len(data)
+        if self._dirty_marked and not self.closed and offset >= 0 and n and offset + n <= self.size:
+            host = self._plain_run(offset, n)
+            if host >= 0:
+                if os.pwrite(self._f.fd, data, host) == n:
+                    return
+                return self._f.pwrite(host, data)
+        return DiskImage.write(self, offset, data)
+
     def _write(self, offset, data):
         cb, cs = self.cluster_bits, self.cs
-        inoff = offset & (cs - 1)
         n = len(data)
-        if inoff + n <= cs and self._dirty_marked:
-            e = self.map.entry(offset >> cb)
-            if self._in_place(e) and (e & OFFSET_MASK) + cs <= self._f.size:
-                self._f.pwrite((e & OFFSET_MASK) + inoff, data)
-                return
         self._mark_dirty()
         view = memoryview(data).cast("B")
         pos, end = offset, offset + n
