@@ -127,11 +127,18 @@ class Qcow2Image(DiskImage):
         out = []
         pos, end = offset, offset + length
         backing = self.backing is not None
+        m = self.map
+        table, table_end = None, -1
         while pos < end:
             gci = pos >> cb
             inoff = pos & (cs - 1)
             n = min(cs - inoff, end - pos)
-            e = self.map.entry(gci)
+            if pos >= table_end:          # one L2 lookup per table, not per cluster
+                l2off, table = m.l2(gci >> m.l2_bits)
+                table_end = ((gci >> m.l2_bits) + 1) << (m.l2_bits + cb)
+            e = table[gci & m.l2_mask] if table is not None else 0
+            if e & m._not_plain == COPIED:
+                m._note_plain(gci, e & OFFSET_MASK)
             if e & COMPRESSED:
                 out.append(["c", (e, inoff), n])
                 pos += n
