@@ -16,6 +16,7 @@ import sys
 
 from pyvmm.cpu.exits import EXCEPTION_NAMES, SHORT_NAMES, decode_intr_info
 from pyvmm.errors import PyvmmError
+from pyvmm.storage.imgtool import add_img_arguments, run_img
 
 GUESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests", "build")
 DEFAULT_KERNEL = os.path.join(GUESTS, "hello.elf")
@@ -60,6 +61,9 @@ def _parser():
         sp.add_argument("--stats", action="store_true", help="print exits by reason at the end")
         sp.add_argument("--exceptions", default="", help="exception bitmap: de,ud,gp,pf,bp,... or all")
         sp.add_argument("--rdtsc-exiting", action="store_true")
+        sp.add_argument("--mmu", choices=("ept", "direct"), default="ept",
+                        help="ept: the VMM's EPT-style table under the guest's (default); direct: the "
+                             "guest's tables only, CR3 loads and INVLPG exit")
 
     common(sub.add_parser("boot", help="boot a kernel and show its console"), True)
     tr = sub.add_parser("trace", help="boot a kernel, printing one line per VM exit")
@@ -70,17 +74,31 @@ def _parser():
     st.add_argument("--break", dest="breaks", default="",
                     help="stop only at these exits: " + ",".join(sorted(SHORT_NAMES)))
     bench = sub.add_parser("bench", help="measure exit costs or guest speed next to bare Unicorn")
-    bench.add_argument("what", choices=("exits", "guest-speed", "linux-boot"))
+    bench.add_argument("what", choices=("exits", "guest-speed", "linux-boot", "dirty-scan", "storage"))
     bench.add_argument("--kernel", help="linux-boot: the kernel (default: scripts/fetch_kernel.py's cache)")
     bench.add_argument("--initrd", help="linux-boot: the initramfs (default: scripts/mkinitramfs.py's)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--iters", type=int, default=None)
     bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--size-mib", type=int, default=256, help="dirty-scan: guest RAM to scan")
+    add_img_arguments(sub)
     return p
 
 
 def _bench(args):
     from pyvmm import benchmarks
+    if args.what == "dirty-scan":
+        from pyvmm.migrate.dirty_scan_bench import bench_dirty_scan
+        result = bench_dirty_scan(size_mib=args.size_mib, dirty_percent=1.0, repeats=args.repeats)
+        print(json.dumps(result) if args.json else
+              f"dirty-page scan over {args.size_mib} MiB: C {result['c_scan_gbps']} GB/s, "
+              f"Python {result['python_scan_gbps']} GB/s, memcpy {result['memcpy_gbps']} GB/s")
+        return 0
+    if args.what == "storage":
+        from pyvmm.storage.bench import bench_storage, format_results
+        result = bench_storage()
+        print(json.dumps(result) if args.json else format_results(result))
+        return 0
     if args.what == "linux-boot":
         if not (args.kernel and args.initrd):
             raise PyvmmError("bench linux-boot: give --kernel and --initrd "
@@ -117,7 +135,7 @@ def _config(args, console):
     from pyvmm.machine import VmConfig
     return VmConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=args.memory,
                     exception_bitmap=_exception_bitmap(args.exceptions), rdtsc_exiting=args.rdtsc_exiting,
-                    console=console,
+                    console=console, mmu=args.mmu,
                     # an interactive `boot` types into COM1; step reads its commands from stdin
                     stdin=args.command == "boot" and sys.stdin.isatty())
 
@@ -177,6 +195,8 @@ def print_stats(vcpu, out):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.command == "img":
+        return run_img(args)
     if args.command == "bench":
         try:
             return _bench(args)

@@ -35,10 +35,15 @@ from pyvmm.devices.pit import I8254
 from pyvmm.devices.power import PowerControl
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sysctl import SystemControlB
+from pyvmm.errors import ConfigError
+from pyvmm.mm.dirty_log import DirtyLog
+from pyvmm.mm.ept import EptMmu, EptTable
+from pyvmm.mm.layout import PAGE_SIZE
 from pyvmm.mm.memory import GuestMemory, parse_size
 from pyvmm.pv.hypercall import Hypercalls
 
 ALL_EXCEPTIONS = 0xFFFFFFFF
+MMU_MODES = ("ept", "direct")
 
 
 @dataclass
@@ -49,6 +54,10 @@ class VmConfig:
     memory: str = "64M"
     exception_bitmap: int = 0
     rdtsc_exiting: bool = False
+    # How guest memory is virtualized: "ept" (the VMM's EPT-style table walked after
+    # the guest's own; CR3 loads and INVLPG do not exit) or "direct" (no second
+    # level: the guest's tables are the engine's; CR3 loads and INVLPG exit).
+    mmu: str = "ept"
     console: object = None          # callable(bytes); default: stdout
     stdin: bool = False             # feed the host's stdin to COM1
     extra: dict = field(default_factory=dict)
@@ -99,11 +108,21 @@ class Machine:
         console = config.console or _stdout_console
         self.console = console
         self.platform = Platform(self.memory.size, console, self._on_power)
-        self.engine = _unicorn.Engine(self.memory)
+        if config.mmu not in MMU_MODES:
+            raise ConfigError(f"unknown MMU mode {config.mmu!r} (choose from {', '.join(MMU_MODES)})")
+        mmu = None
+        if config.mmu == "ept":
+            pool = EptTable.pool_pages_for(self.memory.size) * PAGE_SIZE
+            self.engine = _unicorn.Engine(self.memory, nested_pool_size=pool)
+            mmu = EptMmu(EptTable(self.engine.nested_pool, self.engine.nested_pool_base), self.memory.size)
+        else:
+            self.engine = _unicorn.Engine(self.memory)
+        self.mmu = mmu
         controls = VmcsControls(exception_bitmap=config.exception_bitmap, rdtsc_exiting=config.rdtsc_exiting)
         self.vcpu = Vcpu(self.engine, self.memory, self.platform, CpuidPolicy(_unicorn.native_cpuid, _unicorn.native_cpuid_leaves()), MsrTable(),
                          Hypercalls(version_word()), controls, console)
         self.vcpu.halt_is_poweroff = self.boot.kernel.kind == "bzimage"
+        self.vcpu.set_mmu(mmu)
         if config.rdtsc_exiting:
             self.engine.set_rdtsc_exiting(True)
         self.engine.enter(self._guest_entry())
@@ -111,8 +130,25 @@ class Machine:
         if config.stdin:
             self._start_stdin()
 
+    # ---- the dirty log (EPT mode); call while the guest is not running ----
+    def start_dirty_log(self):
+        """Start logging which guest pages are written (one exit per page per round)."""
+        if self.mmu is None:
+            raise ConfigError("the dirty log needs --mmu ept")
+        if self.mmu.start_dirty_log(DirtyLog(self.memory.size)):
+            self.engine.flush_tlb()
+
+    def read_dirty_log(self):
+        """Bitmap of the pages written since the last read (bit n = page n); re-armed."""
+        if self.mmu is None or self.mmu.dirty_log is None:
+            raise ConfigError("the dirty log was not started")
+        bitmap, flush = self.mmu.read_dirty_log()
+        if flush:
+            self.engine.flush_tlb()
+        return bitmap
+
     def _guest_entry(self):
-        return guest_entry(self.boot.entry)
+        return guest_entry(self.boot.entry, self.mmu)
 
     def _on_power(self, event):
 
@@ -188,18 +224,21 @@ class Machine:
             self.engine.close()
 
 
-def guest_entry(e):
+def guest_entry(e, mmu=None):
     """The VMRUN state for a loader's EntryState: the guest's first registers and
-    the intercepts pyvmm's trap model needs (all exceptions, CR0/CR3/CR4 writes,
-    HLT, INVLPG, MSRs, WBINVD, VMMCALL, shutdown)."""
+    the intercepts pyvmm's trap model needs (all exceptions, CR0/CR4 writes, HLT,
+    MSRs, WBINVD, VMMCALL, shutdown; CR3 writes and INVLPG unless an EPT-style
+    table is in use, as KVM does with EPT)."""
+    nested = mmu is not None and mmu.mode == "ept"
     return _unicorn.GuestEntry(
         rip=e.rip, rsp=e.rsp, rflags=e.rflags, cr0=e.cr0, cr3=e.cr3, cr4=e.cr4, efer=e.efer,
         gdt=(e.gdt_base, e.gdt_limit), idt=(e.idt_base, e.idt_limit),
         cs=(e.cs,) + tuple(e.code_segment), ds=(e.ds,) + tuple(e.data_segment),
         gprs={"rsi": e.rsi},
-        cr_write=(1 << 0) | (1 << 3) | (1 << 4),
+        cr_write=(1 << 0) | (1 << 4) | (0 if nested else 1 << 3),
         exceptions=ALL_EXCEPTIONS,
-        intercepts=(intercept_bit(VMEXIT_HLT) | intercept_bit(VMEXIT_INVLPG) | intercept_bit(VMEXIT_MSR)
+        nested_cr3=mmu.nested_root if nested else None,
+        intercepts=((0 if nested else intercept_bit(VMEXIT_INVLPG)) | intercept_bit(VMEXIT_HLT) | intercept_bit(VMEXIT_MSR)
                     | intercept_bit(VMEXIT_SHUTDOWN) | intercept_bit(VMEXIT_WBINVD)
                     | intercept_bit(VMEXIT_VMMCALL) | intercept_bit(VMEXIT_VMRUN)))
 

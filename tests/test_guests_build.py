@@ -24,6 +24,7 @@ GUESTS = {                         # name -> (ELF class, e_machine)
     "timer": (64, "EM_X86_64"),
     "exceptions": (64, "EM_X86_64"),
     "crash": (64, "EM_X86_64"),
+    "pgtable": (64, "EM_X86_64"),
     "spin": (64, "EM_X86_64"),
     "vmexit": (64, "EM_X86_64"),
     "hello32": (32, "EM_386"),

@@ -44,7 +44,7 @@ from pyvmm.cpu import svm  # noqa: E402
 from pyvmm.cpu import svm as svm_mod  # noqa: E402  (for code where "svm" is a parameter)
 from pyvmm.cpu.state import DESC_B, DESC_L, CR0_PE, GPRS, SEG_NAMES, Segment, Table  # noqa: E402
 from pyvmm.errors import EngineError  # noqa: E402
-from pyvmm.mm.layout import VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE  # noqa: E402
+from pyvmm.mm.layout import EPT_POOL_BASE, VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE  # noqa: E402
 
 ffi, lib = _exitpath.ffi, _exitpath.lib
 
@@ -147,7 +147,7 @@ class GuestEntry:
     """What VMRUN loads: the guest's first state and the intercept controls."""
 
     def __init__(self, *, rip, rsp, rflags, cr0, cr3, cr4, efer, gdt, idt, cs, ds, gprs=None,
-                 cr_read=0, cr_write=0, exceptions=0, intercepts=0):
+                 cr_read=0, cr_write=0, exceptions=0, intercepts=0, nested_cr3=None):
         self.rip, self.rsp, self.rflags = rip, rsp, rflags
         self.cr0, self.cr3, self.cr4, self.efer = cr0, cr3, cr4, efer
         self.gdt, self.idt = gdt, idt          # (base, limit)
@@ -155,6 +155,7 @@ class GuestEntry:
         self.gprs = gprs or {}
         self.cr_read, self.cr_write = cr_read, cr_write
         self.exceptions, self.intercepts = exceptions, intercepts
+        self.nested_cr3 = nested_cr3           # host-physical root of the EPT-style table, or None
 
 
 def _write_vmcb(uc, entry):
@@ -167,6 +168,9 @@ def _write_vmcb(uc, entry):
     struct.pack_into("<Q", ctl, svm.CTRL_INTERCEPTS, entry.intercepts)
     struct.pack_into("<QQ", ctl, svm.CTRL_IOPM_BASE, IOPM, MSRPM)
     struct.pack_into("<I", ctl, svm.CTRL_ASID, 1)
+    if entry.nested_cr3 is not None:
+        struct.pack_into("<Q", ctl, svm.CTRL_NP_ENABLE, 1)
+        struct.pack_into("<Q", ctl, svm.CTRL_NCR3, entry.nested_cr3)
     vmcb = ctl + bytearray(svm.VMCB_SIZE - svm.SAVE)
 
     def seg(off, selector, attrib, limit, base):
@@ -206,7 +210,9 @@ def _host_paging(uc):
     uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, 23, 0))
     uc.reg_write(X.UC_X86_REG_CR3, pml4)
     uc.reg_write(X.UC_X86_REG_CR4, 0x20)
-    uc.reg_write(X.UC_X86_REG_MSR, (svm.MSR_EFER, 0x500))
+    # LME | LMA | NXE: the host's NXE makes NX legal in the nested table (QEMU's
+    # nested_pg_mode takes it from the host EFER at VMRUN).
+    uc.reg_write(X.UC_X86_REG_MSR, (svm.MSR_EFER, 0xD00))
     uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)
     uc.reg_write(X.UC_X86_REG_CS, 0x08)
     uc.reg_write(X.UC_X86_REG_SS, 0x10)
@@ -216,7 +222,7 @@ def _host_paging(uc):
 class Engine:
     """One vCPU on one Unicorn engine, with guest RAM from ``memory``."""
 
-    def __init__(self, memory):
+    def __init__(self, memory, nested_pool_size=0):
         _bind()
         self.memory = memory
         self.uc = uc = _new_uc()
@@ -228,6 +234,14 @@ class Engine:
         uc.mem_map_ptr(VMM_PRIVATE_BASE, VMM_PRIVATE_SIZE, unicorn.UC_PROT_ALL,
                        int(ffi.cast("uintptr_t", self._private_buf)))
         self._msrpm = ffi.cast("uint8_t *", self._private_buf) + (MSRPM - VMM_PRIVATE_BASE)
+        # The pool of the EPT-style table (mm/ept.py writes it, the CPU walks it).
+        self.nested_pool = None
+        if nested_pool_size:
+            self.nested_pool = mmap.mmap(-1, nested_pool_size)
+            self._nested_buf = ffi.from_buffer(self.nested_pool)
+            uc.mem_map_ptr(EPT_POOL_BASE, nested_pool_size, unicorn.UC_PROT_ALL,
+                           int(ffi.cast("uintptr_t", self._nested_buf)))
+        self.nested_pool_base = EPT_POOL_BASE
         self._msr_value = ffi.new("uint64_t *")
         self._sys = None                # (cr0, cr2, cr3, cr4, efer, hflags) of the current exit
         self.layout = _calibrate()
@@ -477,7 +491,8 @@ class Engine:
         self._commit_context()
 
     def flush_tlb(self, address=None):
-        self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+        if self.uc is not None:            # a closed engine has no TLB left to flush
+            self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
 
     def flush_translations(self):
         """Drop all translated code: needed after root mode writes guest code.

@@ -19,6 +19,7 @@ from pyvmm.cpu.exits import (CR_CLTS, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, G
                              IO_SIZE_OF_CODE, ExitReason, decode_cr_qualification, decode_intr_info)
 from pyvmm.cpu.state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_IF)
 from pyvmm.errors import GuestFault
+from pyvmm.mm import ept
 
 
 class Resume:
@@ -192,6 +193,20 @@ def handle_invlpg(vm, ex):
     return Resume(lambda: f"INVLPG {ex.gla:#x}: TLB entry dropped")
 
 
+def handle_ept_violation(vm, ex):
+    """EPT violations the VMM caused itself (execute tracking, dirty logging) are
+    resolved by the MMU and the instruction runs again; any other stops the VM:
+    the guest touched guest-physical memory it has no right to."""
+    access = ex.qualification & (ept.QUAL_READ | ept.QUAL_WRITE | ept.QUAL_FETCH)
+    kind = {ept.QUAL_READ: "read", ept.QUAL_WRITE: "write", ept.QUAL_FETCH: "fetch"}[access]
+    note = vm.mmu.on_violation(ex.gpa, access) if vm.mmu is not None else None
+    if note is None:
+        found = ept.perms_name(ex.qualification >> 3 & 7)
+        return Shutdown(1, f"EPT violation: {kind} at guest-physical {ex.gpa:#x} (RIP {ex.rip:#x}), "
+                           f"permissions {found}: no memory the guest may use there")
+    return Resume(lambda: f"EPT violation ({kind} at {ex.gpa:#x}): {note}", advance=False)
+
+
 def handle_rdtsc(vm, ex):
     tsc = vm.guest_tsc()
     vm.regs.rax, vm.regs.rdx = tsc & 0xFFFFFFFF, (tsc >> 32) & 0xFFFFFFFF
@@ -245,6 +260,7 @@ EXIT_HANDLERS = {
     ExitReason.WRMSR: handle_wrmsr,
     ExitReason.PREEMPTION_TIMER: handle_preemption_timer,
     ExitReason.WBINVD: handle_wbinvd,
+    ExitReason.EPT_VIOLATION: handle_ept_violation,
 }
 
 

@@ -31,6 +31,7 @@ from pyvmm.cpu.exits import (BP, CR_CLTS, GP, CR_LMSW, CR_MOV_TO, ERROR_CODE_VEC
 from pyvmm.cpu.handlers import EXIT_HANDLERS, Shutdown, handle_cpuid, handle_exit
 from pyvmm.cpu.state import EFER_LMA, RFLAGS_IF
 from pyvmm.errors import GuestFault, GuestMemoryError
+from pyvmm.mm import ept
 from pyvmm.mm.pagewalk import Paging, TranslationCache, read_linear
 
 _perf = time.perf_counter_ns
@@ -146,6 +147,11 @@ class Vcpu:
         self._io_forms = {}
         self._rewind = None             # CPU state to restore before a pending fault
         self.tlb = TranslationCache()   # root mode's TLB for reading guest-linear memory
+        # The MMU mode (mm/ept.py EptMmu, or None when the guest's tables are the
+        # engine's own). With EPT, CR3 loads and INVLPG do not exit, so root mode's
+        # TLB cannot see them and is dropped whenever the guest has run.
+        self.mmu = None
+        self._flush_root_tlb = False
         self._ticker = Ticker(engine)
         self._preempt_deadline = None
         self._window_wanted = False
@@ -196,6 +202,8 @@ class Vcpu:
             return self._ignored_exit(kind, b)
         try:
             self.engine.invalidate()      # the guest ran since the last look at CRs/EFER
+            if self._flush_root_tlb:
+                self.tlb.flush()
             regs = self.regs
             v = self._v
             seq = v.seq = v.seq + 1
@@ -363,6 +371,8 @@ class Vcpu:
             insn = self._insn(rip)
             gla = memory_operand_address(insn, regs) if insn is not None else 0
             return Exit(_R.INVLPG, gla, rip, insn.size if insn else 3, gla=gla, seq=seq)
+        if code == svm.VMEXIT_NPF:
+            return self._ept_violation(rip, seq)
         if code == svm.VMEXIT_SHUTDOWN:
             return Exit(_R.TRIPLE_FAULT, 0, rip, 0, seq=seq)
         if code == svm.VMEXIT_WBINVD:
@@ -371,6 +381,21 @@ class Vcpu:
             return Exit(_R.VMCALL, 0, rip, 3, seq=seq)
         self.request_stop(1, f"unexpected intercept (SVM exit code {code:#x}) at RIP {rip:#x}")
         return None
+
+    def _ept_violation(self, rip, seq):
+        """AMD's nested page fault as an EPT violation: EXITINFO2 is the guest-physical
+        address; EXITINFO1 arrives through QEMU's 32-bit error_code, so its bits 32-33
+        (final address or guest page walk) are lost: guest page-table reads are
+        reported as writes, as QEMU's walker does them."""
+        info1 = self.engine.error_code() & 0xFFFF_FFFF
+        gpa = self.engine.exit_info2()
+        access, _ = ept.access_of_npf(info1)
+        found = self.mmu.table.perms(gpa) if self.mmu is not None else 0
+        return Exit(_R.EPT_VIOLATION, ept.qualification(access, found), rip, 0, gpa=gpa, value=info1, seq=seq)
+
+    def set_mmu(self, mmu):
+        self.mmu = mmu
+        self._flush_root_tlb = mmu is not None and mmu.mode == "ept"
 
     def _classify_ud(self, rip):
         rip = self.regs.rip if rip is None else rip

@@ -34,3 +34,5 @@ MAX_RAM = 3 * GiB          # below the 32-bit PCI/APIC hole; pyvmm has no RAM ab
 # (the emulated CPU's physical-address width is 40 bits: above it PTEs are invalid).
 VMM_PRIVATE_BASE = 0xFE_0000_0000
 VMM_PRIVATE_SIZE = 64 * KiB
+# The EPT-style table's pool (mm/ept.py): VMM-private too, sized by guest RAM.
+EPT_POOL_BASE = VMM_PRIVATE_BASE + 1 * MiB

@@ -1,0 +1,343 @@
+"""The EPT-style table: the VMM's own guest-physical -> host-physical map with R/W/X.
+
+Responsibility: own a 4-level table that says, for every guest-physical page, which
+host-physical page backs it and whether the guest may read, write or execute it;
+answer lookups; and say what an access that broke those permissions was (the EPT
+violation qualification). It is walked by the CPU engine after the guest's own page
+tables ("two-dimensional" walk), so the guest changes its tables and CR3 freely.
+
+Format. pyvmm's engine implements the second-level walk with AMD's nested paging
+(NPT), whose entries have the long-mode page-table format (AMD64 APM Vol. 2,
+15.25.5 "Nested Table Walk"): P (bit 0) is "readable", R/W (bit 1) "writable", NX
+(bit 63) "not executable", U/S (bit 2) must be set (nested walks are user
+accesses), PS (bit 7) marks a 2 MiB leaf in a PD. Intel's EPT keeps R/W/X in bits
+0-2 instead; the permissions this module exposes are EPT's (R=1, W=2, X=4), and
+``entry_perms``/``_leaf`` translate. A/D bits are preset in every entry so the
+CPU never writes to the table.
+
+Invariants:
+- a permission set with W or X but not R is an EPT misconfiguration (SDM Vol. 3C,
+  28.3.3.1) and is refused when asked for (``EptMisconfig``), never written;
+- every mapped guest page maps host page ``gpa + offset``: pyvmm's root mode reads
+  guest memory by guest-physical address, so the table may remove or restrict
+  pages but never moves them (``offset`` is fixed per table);
+- the table lives in ``pool`` (a writable buffer the engine sees at host-physical
+  ``pool_base``); table pages are only ever allocated, never freed, until ``reset``;
+- changing a mapping to fewer permissions needs a TLB flush by the caller
+  (``map``/``protect``/``unmap`` return True when one is needed); adding
+  permissions never does: the CPU re-walks when its cached entry says no.
+"""
+
+import struct
+
+from pyvmm.errors import PyvmmError
+
+R, W, X = 1, 2, 4
+RWX = R | W | X
+PAGE = 0x1000
+LARGE = 0x20_0000
+_P, _RW, _US, _PS, _A, _D = 1, 2, 4, 0x80, 0x20, 0x40
+_NX = 1 << 63
+_ADDR = 0x000F_FFFF_FFFF_F000
+_TABLE = _P | _RW | _US | _A          # non-leaf entries allow everything; leaves decide
+_Q = struct.Struct("<Q")
+
+# EPT-violation exit qualification (SDM Vol. 3C, Table 28-7)
+QUAL_READ, QUAL_WRITE, QUAL_FETCH = 1, 2, 4
+QUAL_READABLE, QUAL_WRITABLE, QUAL_EXECUTABLE = 8, 16, 32
+QUAL_GLA_VALID, QUAL_GLA_TRANSLATED = 1 << 7, 1 << 8
+
+# AMD #NPF EXITINFO1 (APM Vol. 2, 15.25.6 "Nested versus Guest Page Faults")
+NPF_PRESENT, NPF_WRITE, NPF_USER, NPF_RSVD, NPF_FETCH = 1, 2, 4, 8, 16
+NPF_FINAL = 1 << 32          # fault on the final guest-physical address
+NPF_WALK = 1 << 33           # fault while reading the guest's own page tables
+
+
+class EptMisconfig(PyvmmError):
+    """A mapping the EPT format cannot express (write or execute without read)."""
+
+
+class EptPoolExhausted(PyvmmError):
+    """The table needs more pages than its pool holds."""
+
+
+def perms_name(perms):
+    return "".join(c if perms & bit else "-" for c, bit in (("r", R), ("w", W), ("x", X)))
+
+
+def _leaf(hpa, perms, large):
+    if perms & ~RWX:
+        raise EptMisconfig(f"permission bits {perms:#x} are not a subset of R|W|X")
+    if perms and not perms & R:
+        raise EptMisconfig(f"EPT permissions {perms_name(perms)} grant write or execute without read")
+    if not perms:
+        return 0
+    entry = hpa | _P | _US | _A | _D | (_RW if perms & W else 0) | (0 if perms & X else _NX)
+    return entry | _PS if large else entry
+
+
+def entry_perms(entry):
+    """R/W/X of a leaf entry (0 for a not-present one)."""
+    if not entry & _P:
+        return 0
+    return R | (W if entry & _RW else 0) | (0 if entry & _NX else X)
+
+
+class EptTable:
+    """A 4-level guest-physical -> host-physical table in ``pool``.
+
+    ``pool`` is a writable buffer (mmap or bytearray) whose first byte the engine sees
+    at host-physical ``pool_base``; ``offset`` is added to every guest-physical address
+    to get its host-physical one (0: identity)."""
+
+    def __init__(self, pool, pool_base, offset=0):
+        if pool_base % PAGE or len(pool) % PAGE or len(pool) < 4 * PAGE:
+            raise ValueError("the EPT pool must be page aligned and hold at least 4 pages")
+        self._pool = memoryview(pool).cast("B")
+        self.pool_base = pool_base
+        self.offset = offset
+        self.reset()
+
+    @staticmethod
+    def pool_pages_for(ram_size):
+        """Pages a table needs to map ``ram_size`` bytes from 0 entirely with 4 KiB leaves."""
+        gib = -(-ram_size // (1 << 30))
+        return 2 + gib + -(-ram_size // LARGE) + 1
+
+    def reset(self):
+        """Forget every mapping (the whole table unmapped)."""
+        self._pool[:PAGE] = bytes(PAGE)
+        self._next = 1
+        self.root = self.pool_base                 # host-physical address of the PML4
+        self.splits = 0
+
+    # ---- table pages ----
+    def _alloc(self):
+        if (self._next + 1) * PAGE > len(self._pool):
+            raise EptPoolExhausted(f"EPT pool of {len(self._pool) // PAGE} pages is full")
+        hpa = self.pool_base + self._next * PAGE
+        self._pool[self._next * PAGE:(self._next + 1) * PAGE] = bytes(PAGE)
+        self._next += 1
+        return hpa
+
+    def _get(self, hpa_slot):
+        return _Q.unpack_from(self._pool, hpa_slot - self.pool_base)[0]
+
+    def _set(self, hpa_slot, value):
+        _Q.pack_into(self._pool, hpa_slot - self.pool_base, value)
+
+    def _slot(self, table, gpa, shift):
+        return table + ((gpa >> shift) & 511) * 8
+
+    def _descend(self, gpa, create):
+        """Slot of the PD entry covering ``gpa`` (creating PDPT/PD on the way)."""
+        table = self.root
+        for shift in (39, 30):
+            slot = self._slot(table, gpa, shift)
+            entry = self._get(slot)
+            if not entry & _P:
+                if not create:
+                    return None
+                entry = self._alloc() | _TABLE
+                self._set(slot, entry)
+            table = entry & _ADDR
+        return self._slot(table, gpa, 21)
+
+    def _split(self, pde_slot):
+        """Turn the 2 MiB leaf at ``pde_slot`` into a table of 512 equal 4 KiB leaves."""
+        pde = self._get(pde_slot)
+        pt = self._alloc()
+        base, perms = pde & _ADDR & ~(LARGE - 1), entry_perms(pde)
+        off = pt - self.pool_base
+        for i in range(512):
+            _Q.pack_into(self._pool, off + i * 8, _leaf(base + i * PAGE, perms, False))
+        self._set(pde_slot, pt | _TABLE)
+        self.splits += 1
+
+    # ---- mappings ----
+    def map(self, gpa, size, perms, large=True):
+        """Map [gpa, gpa+size) with ``perms``; 2 MiB leaves where aligned if ``large``.
+        Returns True if permissions were taken away (a TLB flush is needed)."""
+        _leaf(0, perms, False)          # refuse a misconfiguration before touching anything
+        return self._apply(gpa, size, lambda old: perms, large, only_mapped=False)
+
+    def protect(self, gpa, size, perms):
+        """Set ``perms`` on the mapped pages of [gpa, gpa+size); unmapped pages stay so."""
+        _leaf(0, perms, False)
+        return self._apply(gpa, size, lambda old: perms, False, only_mapped=True)
+
+    def change(self, gpa, size, add=0, remove=0):
+        """Add and remove permission bits on each mapped page of the range, keeping
+        each page's other bits (e.g. take W away for dirty logging, keep X as it was)."""
+        _leaf(0, R | add, False)
+        return self._apply(gpa, size, lambda old: (old | add) & ~remove, False, only_mapped=True)
+
+    def unmap(self, gpa, size):
+        return self._apply(gpa, size, lambda old: 0, True, only_mapped=False)
+
+    def _apply(self, gpa, size, new_perms, large, only_mapped):
+        """Set each leaf of the range to ``new_perms(old_perms)``. 2 MiB leaves are kept
+        (or made, if ``large``) where the range covers them whole and the new value
+        does not depend on per-page state; otherwise they are split."""
+        if gpa % PAGE or size % PAGE or size <= 0:
+            raise ValueError(f"EPT range {gpa:#x}+{size:#x} is not page aligned")
+        if gpa + size > 1 << 48:
+            raise ValueError(f"EPT range {gpa:#x}+{size:#x} is beyond 48 bits")
+        lost = False
+        end = gpa + size
+        while gpa < end:
+            pde_slot = self._descend(gpa, create=not only_mapped)
+            if pde_slot is None:
+                gpa = (gpa | (1 << 30) - 1) + 1
+                continue
+            pde = self._get(pde_slot)
+            whole = gpa % LARGE == 0 and end - gpa >= LARGE
+            if whole and not pde & _P and only_mapped:
+                gpa += LARGE
+                continue
+            if whole and (pde & _PS or not pde & _P and large):
+                old = entry_perms(pde)
+                new = new_perms(old)
+                if new and not new & R:
+                    raise EptMisconfig(f"EPT permissions {perms_name(new)} at {gpa:#x} lack read")
+                lost |= bool(old & ~new)
+                self._set(pde_slot, _leaf(gpa + self.offset, new, True))
+                gpa += LARGE
+                continue
+            if pde & _PS:
+                self._split(pde_slot)
+                pde = self._get(pde_slot)
+            elif not pde & _P:
+                if only_mapped:
+                    gpa = (gpa | LARGE - 1) + 1
+                    continue
+                pde = self._alloc() | _TABLE
+                self._set(pde_slot, pde)
+            pt = pde & _ADDR
+            stop = min(end, (gpa | LARGE - 1) + 1)
+            while gpa < stop:
+                slot = self._slot(pt, gpa, 12)
+                entry = self._get(slot)
+                if entry & _P or not only_mapped:
+                    old = entry_perms(entry)
+                    new = new_perms(old)
+                    if new and not new & R:
+                        raise EptMisconfig(f"EPT permissions {perms_name(new)} at {gpa:#x} lack read")
+                    lost |= bool(old & ~new)
+                    self._set(slot, _leaf(gpa + self.offset, new, False))
+                gpa += PAGE
+        return lost
+
+    def lookup(self, gpa):
+        """(host-physical address, perms, page size) for ``gpa``, or None if unmapped."""
+        pde_slot = self._descend(gpa, create=False)
+        if pde_slot is None:
+            return None
+        pde = self._get(pde_slot)
+        if not pde & _P:
+            return None
+        if pde & _PS:
+            return (pde & _ADDR & ~(LARGE - 1)) | (gpa & (LARGE - 1)), entry_perms(pde), LARGE
+        pte = self._get(self._slot(pde & _ADDR, gpa, 12))
+        if not pte & _P:
+            return None
+        return (pte & _ADDR) | (gpa & (PAGE - 1)), entry_perms(pte), PAGE
+
+    def perms(self, gpa):
+        found = self.lookup(gpa)
+        return found[1] if found else 0
+
+    @property
+    def pages_used(self):
+        return self._next
+
+
+def qualification(access, found_perms, final=True):
+    """The EPT-violation exit qualification for an access (QUAL_READ/WRITE/FETCH) to a
+    page whose entry grants ``found_perms``. The guest-linear address is not reported
+    (bit 7 clear): AMD's nested page fault, which the engine implements, does not
+    give it; ``final`` (False: the access read one of the guest's own page tables)
+    is reported in the Exit's note instead."""
+    q = access & (QUAL_READ | QUAL_WRITE | QUAL_FETCH)
+    q |= (QUAL_READABLE if found_perms & R else 0) | (QUAL_WRITABLE if found_perms & W else 0)
+    q |= QUAL_EXECUTABLE if found_perms & X else 0
+    return q
+
+
+def access_of_npf(exit_info1):
+    """QUAL_READ/WRITE/FETCH and final-translation flag from an AMD #NPF EXITINFO1."""
+    if exit_info1 & NPF_FETCH:
+        access = QUAL_FETCH
+    elif exit_info1 & NPF_WRITE:
+        access = QUAL_WRITE
+    else:
+        access = QUAL_READ
+    return access, not exit_info1 & NPF_WALK
+
+
+class EptMmu:
+    """The EPT-style MMU of one VM: its table over guest RAM and the policy for the
+    violations the VMM itself expects.
+
+    - Execute tracking (on by default): RAM starts readable and writable but not
+      executable; the first instruction fetch from a page exits and the VMM grants X
+      on that 4 KiB page. Why: the engine (Unicorn 2.1.4) sends every store to a
+      page that is executable in its TLB through its slow path, forever (no dirty
+      bitmap: see README "Where the time goes"); with X only where code really runs,
+      stores to data pages stay fast. It is the EPT use that lets a VMM know which
+      guest pages hold code.
+    - Dirty logging: ``start_dirty_log`` takes W from every page; a write exits once
+      per page, marks the log and gives W back. ``read_dirty_log`` returns the bitmap,
+      clears it and write-protects again.
+    - Anything else (a page not mapped, a write to a page the VMM made read-only for
+      its own reasons) is not handled here: ``on_violation`` returns None and the
+      exit handler decides (stop the VM with the reason).
+    """
+
+    mode = "ept"
+
+    def __init__(self, table, ram_size, exec_tracking=False):
+        self.table = table
+        self.ram_size = ram_size
+        self.exec_tracking = exec_tracking
+        self.dirty_log = None
+        self.granted_exec = 0
+        self.logged_writes = 0
+        table.map(0, ram_size, R | W if exec_tracking else RWX)
+
+    @property
+    def nested_root(self):
+        return self.table.root
+
+    def on_violation(self, gpa, access):
+        """Resolve a violation the VMM caused on purpose. Returns a note (str) if the
+        guest can go on, or None. ``access`` is QUAL_READ/WRITE/FETCH."""
+        found = self.table.lookup(gpa)
+        if found is None or gpa >= self.ram_size:
+            return None
+        page = gpa & ~(PAGE - 1)
+        perms = found[1]
+        if access == QUAL_FETCH and not perms & X and self.exec_tracking:
+            self.table.change(page, PAGE, add=X)
+            self.granted_exec += 1
+            return f"first fetch from page {page:#x}: execute granted"
+        if access == QUAL_WRITE and not perms & W and self.dirty_log is not None:
+            self.dirty_log.mark(page)
+            self.table.change(page, PAGE, add=W)
+            self.logged_writes += 1
+            return f"first write to page {page:#x} since the dirty log was read: logged, write granted"
+        return None
+
+    def start_dirty_log(self, log):
+        """Track writes into ``log`` (a DirtyLog). Returns True: the TLB must be flushed."""
+        self.dirty_log = log
+        return self.table.change(0, self.ram_size, remove=W)
+
+    def read_dirty_log(self):
+        """(bitmap, flush_needed): the pages written since the last read; tracking re-armed."""
+        bitmap = self.dirty_log.read_and_clear()
+        return bitmap, self.table.change(0, self.ram_size, remove=W)
+
+    def stop_dirty_log(self):
+        self.dirty_log = None
+        self.table.change(0, self.ram_size, add=W)

@@ -1,0 +1,125 @@
+"""The EPT-style table and MMU: mappings, permissions, the violation policy, the dirty log.
+
+Plain Python objects (no guest): the table is written into a bytearray pool and
+checked through lookup() and through the raw entries the CPU walks.
+"""
+import struct
+
+import pytest
+
+from pyvmm.mm import ept
+from pyvmm.mm.dirty_log import DirtyLog
+from pyvmm.mm.ept import R, W, X, EptMisconfig, EptMmu, EptPoolExhausted, EptTable
+
+MiB = 1 << 20
+POOL_BASE = 0xFE_0010_0000
+
+
+def table(ram=64 * MiB):
+    return EptTable(bytearray(EptTable.pool_pages_for(ram) * 4096), POOL_BASE)
+
+
+def raw_entry(t, gpa):
+    """Walk the pool by hand as the CPU does; returns the leaf entry."""
+    pool = t._pool
+    entry_at = lambda hpa: struct.unpack_from("<Q", pool, hpa - POOL_BASE)[0]
+    tab = t.root
+    for shift in (39, 30, 21, 12):
+        e = entry_at(tab + ((gpa >> shift) & 511) * 8)
+        if shift == 21 and e & 0x80 or not e & 1:
+            return e
+        tab = e & 0x000F_FFFF_FFFF_F000
+    return e
+
+
+def test_identity_map_uses_large_pages_and_npt_format():
+    t = table()
+    assert t.map(0, 64 * MiB, R | W) is False
+    assert t.lookup(0x123456) == (0x123456, R | W, 2 * MiB)
+    e = raw_entry(t, 0x123456)
+    assert e & 0x87 == 0x87 and e >> 63 == 1          # P, RW, US, PS; NX (no execute)
+    assert t.lookup(64 * MiB) is None
+    assert t.pages_used == 3                          # PML4, PDPT, one PD
+
+
+def test_changing_one_page_splits_a_large_page_and_keeps_the_rest():
+    t = table()
+    t.map(0, 64 * MiB, R | W)
+    t.change(0x201000, 0x1000, add=X)
+    assert t.splits == 1
+    assert t.lookup(0x201abc) == (0x201abc, R | W | X, 0x1000)
+    assert t.lookup(0x200000)[1:] == (R | W, 0x1000)
+    assert t.lookup(0x3ff000)[1:] == (R | W, 0x1000)
+    assert raw_entry(t, 0x201000) >> 63 == 0
+
+
+def test_taking_permissions_away_asks_for_a_tlb_flush():
+    t = table()
+    t.map(0, 4 * MiB, R | W | X)
+    assert t.change(0, 4 * MiB, add=X) is False
+    assert t.change(0, 4 * MiB, remove=W) is True
+    assert t.perms(0x1000) == R | X
+    assert t.unmap(0x200000, 0x1000) is True and t.lookup(0x200000) is None
+    assert t.protect(0x200000, 0x2000, R) is True     # only the mapped page changes
+    assert t.lookup(0x200000) is None and t.perms(0x201000) == R
+
+
+def test_misconfigurations_are_refused_before_anything_changes():
+    t = table()
+    t.map(0, 2 * MiB, R | W)
+    for perms in (W, X, W | X):
+        with pytest.raises(EptMisconfig):
+            t.protect(0, 0x1000, perms)
+    with pytest.raises(EptMisconfig):
+        t.change(0, 0x1000, remove=R)
+    assert t.perms(0) == R | W
+    with pytest.raises(ValueError):
+        t.map(0x800, 0x1000, R)
+
+
+def test_pool_exhaustion_is_an_error_not_a_crash():
+    t = EptTable(bytearray(4 * 4096), POOL_BASE)
+    t.map(0, 2 * MiB, R)
+    with pytest.raises(EptPoolExhausted):
+        t.map(1 << 40, 0x1000, R)
+
+
+def test_qualification_and_npf_decoding():
+    assert ept.access_of_npf(ept.NPF_FETCH | ept.NPF_PRESENT | ept.NPF_USER) == (ept.QUAL_FETCH, True)
+    assert ept.access_of_npf(ept.NPF_WRITE)[0] == ept.QUAL_WRITE
+    assert ept.access_of_npf(0)[0] == ept.QUAL_READ
+    assert ept.qualification(ept.QUAL_WRITE, R | X) == 0b101010
+
+
+def test_mmu_execute_tracking_grants_x_per_page():
+    t = table()
+    mmu = EptMmu(t, 64 * MiB, exec_tracking=True)
+    assert t.perms(0x500000) == R | W
+    assert "execute granted" in mmu.on_violation(0x500123, ept.QUAL_FETCH)
+    assert t.perms(0x500000) == R | W | X and t.perms(0x501000) == R | W
+    assert mmu.on_violation(0x500123, ept.QUAL_WRITE) is None     # not the VMM's doing
+    assert mmu.on_violation(64 * MiB, ept.QUAL_READ) is None       # no RAM there
+
+
+def test_mmu_dirty_log_marks_each_written_page_once_per_round():
+    t = table()
+    mmu = EptMmu(t, 8 * MiB)
+    log = DirtyLog(8 * MiB)
+    assert mmu.start_dirty_log(log) is True
+    assert t.perms(0x3000) == R | X
+    assert "logged" in mmu.on_violation(0x3008, ept.QUAL_WRITE)
+    assert mmu.on_violation(0x7ff000, ept.QUAL_WRITE) is not None
+    assert t.perms(0x3000) == R | W | X
+    bitmap, flush = mmu.read_dirty_log()
+    assert flush and DirtyLog.pages_in(bitmap) == [3, 0x7ff]
+    assert t.perms(0x3000) == R | X                                # re-armed
+    assert DirtyLog.pages_in(mmu.read_dirty_log()[0]) == []
+    mmu.stop_dirty_log()
+    assert t.perms(0x3000) == R | W | X
+
+
+def test_dirty_log_ignores_pages_outside_ram():
+    log = DirtyLog(0x3000)
+    log.mark(0x5000)
+    log.mark(0x2fff)
+    assert DirtyLog.pages_in(log.read_and_clear()) == [2] and not log.is_dirty(0x2000)
