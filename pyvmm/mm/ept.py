@@ -170,6 +170,8 @@ class EptTable:
         """Add and remove permission bits on each mapped page of the range, keeping
         each page's other bits (e.g. take W away for dirty logging, keep X as it was)."""
         _leaf(0, R | add, False)
+        if remove & R and (remove | ~add) & (W | X) != W | X:
+            raise EptMisconfig("taking read away but leaving write or execute would be a misconfiguration")
         return self._apply(gpa, size, lambda old: (old | add) & ~remove, False, only_mapped=True)
 
     def unmap(self, gpa, size):
@@ -196,12 +198,7 @@ class EptTable:
                 gpa += LARGE
                 continue
             if whole and (pde & _PS or not pde & _P and large):
-                old = entry_perms(pde)
-                new = new_perms(old)
-                if new and not new & R:
-                    raise EptMisconfig(f"EPT permissions {perms_name(new)} at {gpa:#x} lack read")
-                lost |= bool(old & ~new)
-                self._set(pde_slot, _leaf(gpa + self.offset, new, True))
+                lost |= self._rewrite(pde_slot, pde, gpa, new_perms, True)
                 gpa += LARGE
                 continue
             if pde & _PS:
@@ -219,14 +216,16 @@ class EptTable:
                 slot = self._slot(pt, gpa, 12)
                 entry = self._get(slot)
                 if entry & _P or not only_mapped:
-                    old = entry_perms(entry)
-                    new = new_perms(old)
-                    if new and not new & R:
-                        raise EptMisconfig(f"EPT permissions {perms_name(new)} at {gpa:#x} lack read")
-                    lost |= bool(old & ~new)
-                    self._set(slot, _leaf(gpa + self.offset, new, False))
+                    lost |= self._rewrite(slot, entry, gpa, new_perms, False)
                 gpa += PAGE
         return lost
+
+    def _rewrite(self, slot, entry, gpa, new_perms, large):
+        """Write the leaf for ``gpa`` with ``new_perms(old perms)``; True if any were lost."""
+        old = entry_perms(entry)
+        new = new_perms(old)
+        self._set(slot, _leaf(gpa + self.offset, new, large))
+        return bool(old & ~new)
 
     def lookup(self, gpa):
         """(host-physical address, perms, page size) for ``gpa``, or None if unmapped."""
