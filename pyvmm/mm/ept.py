@@ -170,7 +170,7 @@ class EptTable:
         """Add and remove permission bits on each mapped page of the range, keeping
         each page's other bits (e.g. take W away for dirty logging, keep X as it was)."""
         _leaf(0, R | add, False)
-        if remove & R and (remove | ~add) & (W | X) != W | X:
+        if remove & R and (remove & (W | X) != W | X or add):
             raise EptMisconfig("taking read away but leaving write or execute would be a misconfiguration")
         return self._apply(gpa, size, lambda old: (old | add) & ~remove, False, only_mapped=True)
 
