@@ -194,16 +194,16 @@ def handle_invlpg(vm, ex):
 
 
 def handle_ept_violation(vm, ex):
-    """EPT violations the VMM caused itself (execute tracking, dirty logging) are
+    """EPT violations the VMM caused itself (dirty logging) are
     resolved by the MMU and the instruction runs again; any other stops the VM:
     the guest touched guest-physical memory it has no right to."""
     access = ex.qualification & (ept.QUAL_READ | ept.QUAL_WRITE | ept.QUAL_FETCH)
     kind = {ept.QUAL_READ: "read", ept.QUAL_WRITE: "write", ept.QUAL_FETCH: "fetch"}[access]
-    note = vm.mmu.on_violation(ex.gpa, access) if vm.mmu is not None else None
+    found = ex.qualification >> 3 & ept.RWX      # QUAL_READABLE/WRITABLE/EXECUTABLE
+    note = vm.mmu.on_violation(ex.gpa, access, found) if vm.mmu is not None else None
     if note is None:
-        found = ept.perms_name(ex.qualification >> 3 & 7)
         return Shutdown(1, f"EPT violation: {kind} at guest-physical {ex.gpa:#x} (RIP {ex.rip:#x}), "
-                           f"permissions {found}: no memory the guest may use there")
+                           f"permissions {ept.perms_name(found)}: no memory the guest may use there")
     return Resume(lambda: f"EPT violation ({kind} at {ex.gpa:#x}): {note}", advance=False)
 
 

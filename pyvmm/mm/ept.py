@@ -251,12 +251,11 @@ class EptTable:
         return self._next
 
 
-def qualification(access, found_perms, final=True):
+def qualification(access, found_perms):
     """The EPT-violation exit qualification for an access (QUAL_READ/WRITE/FETCH) to a
     page whose entry grants ``found_perms``. The guest-linear address is not reported
     (bit 7 clear): AMD's nested page fault, which the engine implements, does not
-    give it; ``final`` (False: the access read one of the guest's own page tables)
-    is reported in the Exit's note instead."""
+    give it."""
     q = access & (QUAL_READ | QUAL_WRITE | QUAL_FETCH)
     q |= (QUAL_READABLE if found_perms & R else 0) | (QUAL_WRITABLE if found_perms & W else 0)
     q |= QUAL_EXECUTABLE if found_perms & X else 0
@@ -275,58 +274,49 @@ def access_of_npf(exit_info1):
 
 
 class EptMmu:
-    """The EPT-style MMU of one VM: its table over guest RAM and the policy for the
-    violations the VMM itself expects.
+    """The EPT-style MMU of one VM: its table over guest RAM (all of it R/W/X) and the
+    policy for the violations the VMM itself causes.
 
-    - Execute tracking (on by default): RAM starts readable and writable but not
-      executable; the first instruction fetch from a page exits and the VMM grants X
-      on that 4 KiB page. Why: the engine (Unicorn 2.1.4) sends every store to a
-      page that is executable in its TLB through its slow path, forever (no dirty
-      bitmap: see README "Where the time goes"); with X only where code really runs,
-      stores to data pages stay fast. It is the EPT use that lets a VMM know which
-      guest pages hold code.
     - Dirty logging: ``start_dirty_log`` takes W from every page; a write exits once
       per page, marks the log and gives W back. ``read_dirty_log`` returns the bitmap,
       clears it and write-protects again.
     - Anything else (a page not mapped, a write to a page the VMM made read-only for
       its own reasons) is not handled here: ``on_violation`` returns None and the
       exit handler decides (stop the VM with the reason).
+
+    Not offered: execute tracking (RAM non-executable until first fetched), which
+    would keep Unicorn's stores to data pages off its slow path. QEMU 5.0's nested
+    walk (get_hphys) dereferences a NULL pointer when a guest page-table read meets
+    a non-executable nested entry, so it crashes the engine (measured).
     """
 
     mode = "ept"
 
-    def __init__(self, table, ram_size, exec_tracking=False):
+    def __init__(self, table, ram_size):
         self.table = table
         self.ram_size = ram_size
-        self.exec_tracking = exec_tracking
         self.dirty_log = None
-        self.granted_exec = 0
         self.logged_writes = 0
-        table.map(0, ram_size, R | W if exec_tracking else RWX)
+        table.map(0, ram_size, RWX)
 
     @property
     def nested_root(self):
         return self.table.root
 
-    def on_violation(self, gpa, access):
-        """Resolve a violation the VMM caused on purpose. Returns a note (str) if the
-        guest can go on, or None. ``access`` is QUAL_READ/WRITE/FETCH."""
-        found = self.table.lookup(gpa)
-        if found is None or gpa >= self.ram_size:
+    def on_violation(self, gpa, access, perms):
+        """Resolve a violation the VMM caused on purpose. ``access`` is
+        QUAL_READ/WRITE/FETCH, ``perms`` what the table granted there (from the
+        qualification; 0: not mapped). Returns a note (str) if the guest can go on,
+        or None."""
+        if not perms or gpa >= self.ram_size:
             return None
         page = gpa & ~(PAGE - 1)
-        perms = found[1]
-        if access == QUAL_FETCH and not perms & X and self.exec_tracking:
-            self.table.change(page, PAGE, add=X)
-            self.granted_exec += 1
-            return f"first fetch from page {page:#x}: execute granted"
         if access == QUAL_WRITE and not perms & W and self.dirty_log is not None:
             self.dirty_log.mark(page)
             self.table.change(page, PAGE, add=W)
             self.logged_writes += 1
             return f"first write to page {page:#x} since the dirty log was read: logged, write granted"
         return None
-
     def start_dirty_log(self, log):
         """Track writes into ``log`` (a DirtyLog). Returns True: the TLB must be flushed."""
         self.dirty_log = log
