@@ -39,6 +39,7 @@ _HEADER = struct.Struct("<8sI")         # magic, version; then u32 crc32 of thes
 _U32 = struct.Struct("<I")
 _REC = struct.Struct("<II")             # type, payload length
 _PAGE = struct.Struct("<QBI")           # pfn, encoding, data length
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 class RecordType(IntEnum):
@@ -499,7 +500,7 @@ def encode_page(pfn, data, last_sent=None, scanner=None):
     data = bytes(data)
     if len(data) != PAGE_SIZE:
         raise MigrationStreamError(f"page {pfn:#x} has {len(data)} bytes, not {PAGE_SIZE}")
-    if not any(data):
+    if data == _ZERO_PAGE:         # memcmp; any() walks the page a byte at a time (100x slower)
         return Page(pfn, PageEncoding.ZERO)
     if last_sent is not None:
         delta = (scanner or DirtyScanner()).xbzrle_encode(last_sent, data, limit=PAGE_SIZE - 1)
