@@ -28,11 +28,17 @@ since the last read of C, and AF when, in addition, the alarm matches the curren
 time; IRQF follows them and the enable bits. Changing DM or 24/12 takes effect on
 the next read (the chip would need the time rewritten). The divider bits of
 register A are stored only.
+
+Save/restore: ``save()`` gives the 128 bytes, the index/NMI latch, the guest's offset
+from the host's wall clock and the second of the last register C read. The clock is
+the host's wall clock plus ``offset`` on either side, as a real RTC keeps running
+while the machine is off.
 """
 
 import datetime
 import math
 
+from pyvmm.migrate.state import StateFields
 from pyvmm.mm.layout import KiB, MiB
 
 INDEX_PORT = 0x70
@@ -99,6 +105,25 @@ class Mc146818:
         put16(EXT_MEMORY2_LO, EXT_MEMORY2_HI, (ram_size - MiB) // KiB)
         put16(MEM_ABOVE_16M_LO, MEM_ABOVE_16M_HI, (ram_size - 16 * MiB) // (64 * KiB))
         put16(CHECKSUM_LO, CHECKSUM_HI, sum(self.ram[0x10:CHECKSUM_HI]))
+
+    # --- save / restore -------------------------------------------------------
+    def save(self):
+        return {"ram": bytes(self.ram), "index": self.index, "nmi_disabled": self.nmi_disabled,
+                "offset": self.offset, "last_flags_second": self._last_flags_second}
+
+    def restore(self, state):
+        """Take the state ``save`` gave; checked in full before anything changes."""
+        f = StateFields(state, self.name)
+        ram = bytearray(f.blob("ram", size=CMOS_SIZE))
+        index = f.uint("index", CMOS_SIZE)
+        nmi_disabled = f.flag("nmi_disabled")
+        offset = f.integer("offset", -(1 << 40), 1 << 40)
+        last = f.raw("last_flags_second")
+        if last is not None:
+            last = f.integer("last_flags_second", -(1 << 40), 1 << 40)
+        f.done()
+        self.ram, self.index, self.nmi_disabled = ram, index, nmi_disabled
+        self.offset, self._last_flags_second = offset, last
 
     # --- guest side -----------------------------------------------------------
     def io_read(self, port, size):

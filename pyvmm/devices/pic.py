@@ -19,12 +19,17 @@ Invariants:
   sets no ISR bit on that chip; a spurious IRQ 15 still sets master ISR bit 2, as the
   master has acknowledged its IR2 (datasheet, "Interrupt Sequence": default IR7).
 
+Save/restore: ``PicPair.save()`` gives both chips' registers, command-sequence
+position and input levels as plain values; ``restore`` checks every field before it
+changes anything, so the same requests are pending afterwards.
+
 Not modelled: MCS-80/85 mode (ICW4.uPM = 0 is accepted and behaves as 8086 mode),
 buffered mode (ICW4.BUF, M/S) and the ICW3 wiring (the slave is always on IR2 and
 always answers the master's IR2 acknowledge); ELCR (port 0x4D0/0x4D1) is not present.
 """
 
 from pyvmm.errors import ConfigError
+from pyvmm.migrate.state import StateFields
 
 CASCADE_LINE = 2  # master IR2 carries the slave's INT (PC/AT wiring)
 
@@ -72,6 +77,29 @@ class I8259:
         self.special_mask = False
         self.read_isr = False
         self.poll = False
+
+
+    # --- save / restore ---------------------------------------------------
+    _MASKS = ("levels", "irr", "isr", "imr", "icw1", "icw3", "icw4")
+    _FLAGS = ("ltim", "aeoi", "sfnm", "rotate_on_aeoi", "special_mask", "read_isr", "poll")
+
+    def save(self):
+        state = {name: getattr(self, name) for name in self._MASKS + self._FLAGS}
+        state.update(base=self.base, init_step=self.init_step, lowest=self.lowest)
+        return state
+
+    def checked_state(self, state):
+        """The attribute values ``state`` stands for; MigrationStreamError if any is bad."""
+        fields = StateFields(state, self.name)
+        values = {name: fields.uint(name, 0x100) for name in self._MASKS}
+        values.update({name: fields.flag(name) for name in self._FLAGS})
+        values["base"] = fields.uint("base", 0x100)
+        if values["base"] & 7:
+            fields.fail("base", f"{values['base']:#x} has bits 2-0 set (ICW2 keeps T7-T3 only)")
+        values["init_step"] = fields.choice("init_step", (0, 2, 3, 4))
+        values["lowest"] = fields.uint("lowest", 8)
+        fields.done()
+        return values
 
     # --- lines --------------------------------------------------------------
     def set_level(self, line, level):
@@ -225,6 +253,22 @@ class PicPair:
         """Machine reset: both chips uninitialised (the input levels are kept)."""
         self.master.reset()
         self.slave.reset()
+
+
+    # --- save / restore -----------------------------------------------------
+    def save(self):
+        """Both chips' state as plain values (see ``restore``)."""
+        return {"master": self.master.save(), "slave": self.slave.save()}
+
+    def restore(self, state):
+        """Take the state ``save`` gave; all of it is checked before either chip changes."""
+        fields = StateFields(state, self.name)
+        master = self.master.checked_state(fields.raw("master"))
+        slave = self.slave.checked_state(fields.raw("slave"))
+        fields.done()
+        for chip, values in ((self.master, master), (self.slave, slave)):
+            for name, value in values.items():
+                setattr(chip, name, value)
 
     # --- device side ----------------------------------------------------
     def set_irq(self, line, level):

@@ -38,7 +38,14 @@ Approximations (documented, not bugs):
   port 0x61 (pyvmm.devices.sysctl);
 - BCD counting is supported: counts are decoded from BCD on write, a count of 0 is
   10000, and the value read back is encoded in BCD.
+
+Save/restore: ``save()`` records every tick-valued field relative to the tick of the
+save, and ``restore`` re-bases them on the tick of the restore (its own ``clock``),
+so the timer keeps its phase: the next IRQ 0 edge is as far after the restore as it
+was after the save, whatever the two hosts' monotonic clocks read.
 """
+
+from pyvmm.migrate.state import StateFields
 
 PIT_HZ = 1_193_182
 NS_PER_S = 1_000_000_000
@@ -110,6 +117,42 @@ class Counter:
     @property
     def modulus(self):
         return 10000 if self.bcd else 0x10000
+
+
+    # --- save / restore ------------------------------------------------------
+    _PLAIN = ("control", "mode", "initial", "reload", "prev_reload", "edge_at_start", "armed",
+              "paused_d", "held", "null_count", "write_low", "read_msb_next", "status")
+
+    def save(self, t):
+        """Plain values; ``start`` is relative to tick ``t``."""
+        state = {name: getattr(self, name) for name in self._PLAIN}
+        state.update(gate=self.gate, start=self.start - t, latched=list(self.latched))
+        return state
+
+    def checked_state(self, state, t, name):
+        """Attribute values for ``state`` restored at tick ``t``; MigrationStreamError if bad."""
+        f = StateFields(state, name)
+        v = {"gate": f.uint("gate", 2), "control": f.uint("control", 0x40)}
+        mode = (v["control"] >> CW_MODE_SHIFT) & 7
+        v["mode"] = f.choice("mode", (mode - 4 if mode >= 6 else mode,))
+        modulus = 10000 if v["control"] & CW_BCD else 0x10000
+        v["initial"] = f.optional_uint("initial", modulus + 1)
+        v["reload"] = f.uint("reload", modulus + 1)
+        v["prev_reload"] = f.optional_uint("prev_reload", modulus + 1)
+        v["armed"] = f.flag("armed")
+        if v["initial"] == 0 or v["prev_reload"] == 0 or (v["armed"] and not v["reload"]):
+            f.fail("reload", "a count of 0 is stored as the maximum count")
+        v["edge_at_start"] = f.flag("edge_at_start")
+        v["start"] = t + f.integer("start", -(1 << 62), 1 << 62)
+        v["paused_d"] = f.optional_uint("paused_d", 1 << 62)
+        v["held"] = f.uint("held", 0x10000)
+        v["null_count"] = f.flag("null_count")
+        v["write_low"] = f.optional_uint("write_low", 0x100)
+        v["read_msb_next"] = f.flag("read_msb_next")
+        v["latched"] = f.uint_list("latched", 0x100, 2)
+        v["status"] = f.optional_uint("status", 0x100)
+        f.done()
+        return v
 
     # --- pure functions of time ------------------------------------------------
     def _phase(self, t):
@@ -341,6 +384,35 @@ class I8254:
             return now_ns
         edge = counter0.next_edge(t)
         return None if edge is None else max(now_ns, ns_at_tick(edge))
+
+
+    # --- save / restore ---------------------------------------------------------
+    def save(self):
+        """The three counters and the IRQ 0 bookkeeping, timed relative to now."""
+        t = self._now()
+        return {"counters": [c.save(t) for c in self.counters], "missed_ticks": self.missed_ticks,
+                "irq_edges": self.irq_edges, "edges_seen": self._edges_seen, "line": self._line}
+
+    def restore(self, state):
+        """Take the state ``save`` gave, re-based on this PIT's clock now; checked in full
+        before anything changes. IRQ 0 is not driven: the PIC's saved state already
+        holds the line level ``line`` records."""
+        t = self._now()
+        f = StateFields(state, self.name)
+        saved = f.items("counters", 3)
+        if len(saved) != 3:
+            f.fail("counters", f"{len(saved)} counters, the 8254 has 3")
+        counters = [c.checked_state(s, t, f"{self.name} counter {c.index}")
+                    for c, s in zip(self.counters, saved)]
+        values = {"missed_ticks": f.uint("missed_ticks", 1 << 64),
+                  "irq_edges": f.uint("irq_edges", 1 << 64),
+                  "_edges_seen": f.uint("edges_seen", 1 << 64), "_line": f.uint("line", 2)}
+        f.done()
+        for counter, attrs in zip(self.counters, counters):
+            for name, value in attrs.items():
+                setattr(counter, name, value)
+        for name, value in values.items():
+            setattr(self, name, value)
 
     # --- counter 2 wiring (port 0x61) --------------------------------------
     def set_gate(self, index, level):

@@ -26,9 +26,13 @@ Ports and what they accept:
   Reads return 0.
 
 Invariant: every request write produces exactly one event; events are immutable.
+Save/restore carries the two readable registers (PM1a control without SLP_EN, the
+stored RST_CNT bits); requests already reported are not replayed.
 """
 
 from dataclasses import dataclass
+
+from pyvmm.migrate.state import StateFields
 
 PM1A_CNT = 0x604
 SLP_EN = 1 << 13
@@ -66,6 +70,21 @@ class PowerControl:
         self.s5_sleep_types = frozenset(s5_sleep_types)
         self.pm1_control = 0
         self.reset_control = 0
+
+    def save(self):
+        return {"pm1_control": self.pm1_control, "reset_control": self.reset_control}
+
+    def restore(self, state):
+        """Take the state ``save`` gave; checked in full before anything changes."""
+        f = StateFields(state, self.name)
+        pm1 = f.uint("pm1_control", 0x10000)
+        if pm1 & SLP_EN:
+            f.fail("pm1_control", f"{pm1:#06x} has SLP_EN set, which is never stored")
+        reset = f.uint("reset_control", 0x100)
+        if reset & ~RST_CNT_STORED:
+            f.fail("reset_control", f"{reset:#04x} has bits outside {RST_CNT_STORED:#04x}")
+        f.done()
+        self.pm1_control, self.reset_control = pm1, reset
 
     def io_read(self, port, size):
         if port == I8042_COMMAND:

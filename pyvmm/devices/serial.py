@@ -32,9 +32,16 @@ holds fewer bytes than the trigger level (no four-character-time wait); the line
 settings and divisor are stored but do not shape data or timing; parity, framing and
 break errors never occur. (QEMU does not gate the IRQ with OUT2; Linux's 8250 driver
 sets OUT2, so it works either way.)
+
+Save/restore: ``save()`` gives the registers, the unread receive FIFO bytes in order
+and the pending-THRE latch; ``restore`` checks all of them first. The interrupt
+output level is derived from the restored registers without calling ``irq``: the
+PIC's own saved state already holds the line level.
 """
 
 from collections import deque
+
+from pyvmm.migrate.state import StateFields
 
 COM1_BASE = 0x3F8
 FIFO_SIZE = 16
@@ -105,6 +112,37 @@ class Serial16550:
         self.thr_ipending = False
         self.last_rbr = 0
         self._update_irq()
+
+    # --- save / restore -------------------------------------------------------
+    _BYTES = ("ier", "lcr", "mcr", "scr", "errors", "msr_delta", "modem_inputs", "last_rbr")
+
+    def save(self):
+        state = {name: getattr(self, name) for name in self._BYTES}
+        state.update(rx=bytes(self.rx), divisor=self.divisor, fifo_enabled=self.fifo_enabled,
+                     rx_trigger=self.rx_trigger, thr_ipending=self.thr_ipending,
+                     overruns=self.overruns)
+        return state
+
+    def restore(self, state):
+        """Take the state ``save`` gave; checked in full before anything changes."""
+        f = StateFields(state, self.name)
+        values = {name: f.uint(name, 0x100) for name in self._BYTES}
+        for name, mask in (("ier", IER_MASK), ("mcr", MCR_MASK), ("errors", LSR_ERRORS),
+                           ("msr_delta", 0x0F), ("modem_inputs", 0xF0)):
+            if values[name] & ~mask:
+                f.fail(name, f"{values[name]:#x} has bits outside {mask:#x}")
+        values["fifo_enabled"] = f.flag("fifo_enabled")
+        capacity = FIFO_SIZE if values["fifo_enabled"] else 1
+        values["rx"] = deque(f.blob("rx", max_size=capacity))
+        values["divisor"] = f.uint("divisor", 0x10000)
+        values["rx_trigger"] = f.choice("rx_trigger", RX_TRIGGER_LEVELS)
+        values["thr_ipending"] = f.flag("thr_ipending")
+        values["overruns"] = f.uint("overruns", 1 << 64)
+        f.done()
+        for name, value in values.items():
+            setattr(self, name, value)
+        self._irq_level = int(self.mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2
+                              and self._interrupt_source() != IIR_NONE)
 
     # --- host side ------------------------------------------------------------
     def rx_space(self):

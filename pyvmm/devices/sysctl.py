@@ -12,8 +12,11 @@ hw/audio/pcspk.c:
 
 Invariants: the refresh toggle (bit 4) flips on every read, so a guest polling it for
 a change (Linux, BIOSes) always sees one; time comes only from the PIT's clock. The
-speaker makes no sound: bit 1 is stored and read back.
+speaker makes no sound: bit 1 is stored and read back. Save/restore carries the
+written bits and the toggle; counter 2's gate is the PIT's own saved state.
 """
+
+from pyvmm.migrate.state import StateFields
 
 PORT_B = 0x61
 GATE2 = 0x01
@@ -33,6 +36,17 @@ class SystemControlB:
         self.pit = pit
         self.value = 0
         self._refresh = 0  # counter 2's gate starts low, as bit 0 does
+
+    def save(self):
+        return {"value": self.value, "refresh": self._refresh}
+
+    def restore(self, state):
+        """Take the state ``save`` gave; checked in full before anything changes."""
+        f = StateFields(state, self.name)
+        value = f.uint("value", WRITABLE + 1)
+        refresh = f.choice("refresh", (0, REFRESH_TOGGLE))
+        f.done()
+        self.value, self._refresh = value, refresh
 
     def io_read(self, port, size):
         self._refresh ^= REFRESH_TOGGLE
