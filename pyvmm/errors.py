@@ -123,3 +123,34 @@ class GrantError(XenOpError):
 
 class EventChannelError(XenOpError):
     """An event-channel operation refused: ``code`` is -errno (xen/errno.h)."""
+
+
+class ControlError(PyvmmError):
+    """The control socket cannot be used: no socket at the path, nothing listening,
+    a path that is not ours to replace, a peer that does not speak QMP, a lost
+    connection. The message names the socket path."""
+
+
+class ControlCommandError(ControlError):
+    """A control command answered with a QMP error (qemu docs/interop/qmp-spec.rst,
+    "Error"): ``error_class`` is the QMP class (``GenericError``,
+    ``CommandNotFound``), ``desc`` the human-readable reason, ``command`` the
+    command it answers when known."""
+
+    def __init__(self, error_class, desc, command=None):
+        self.error_class = error_class
+        self.desc = desc
+        self.command = command
+        where = f"{command}: " if command else ""
+        super().__init__(f"{where}{error_class}: {desc}")
+
+
+class PacketError(PyvmmError):
+    """A network frame or packet that is too short or whose fields contradict each
+    other (devices/net/ethernet.py); the message names the field."""
+
+
+class SchedulerError(PyvmmError):
+    """A scheduler request refused (a weight or cap out of range, an unknown or
+    duplicate domain, a vCPU that answered ``run_slice`` with something that is
+    not ``(used_ns, state)``); the message names the domain and the value."""
