@@ -154,3 +154,8 @@ class SchedulerError(PyvmmError):
     """A scheduler request refused (a weight or cap out of range, an unknown or
     duplicate domain, a vCPU that answered ``run_slice`` with something that is
     not ``(used_ns, state)``); the message names the domain and the value."""
+
+
+class PacketError(PyvmmError):
+    """A network frame or packet that is too short or whose fields contradict each
+    other (devices/net/ethernet.py); the message names the field."""

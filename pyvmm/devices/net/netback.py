@@ -1,0 +1,341 @@
+"""netback: domain 0's server for one guest network interface (xen/include/public/io/netif.h).
+
+Responsibility: one (frontend domain, vif) pair. The xenbus backend side of the
+handshake (publishes feature-rx-copy=1, feature-rx-flip=0, mac and handle; reads
+tx-ring-ref, rx-ring-ref, event-channel and request-rx-copy; maps both ring pages
+through the frontend's grant table; binds the event channel); then
+- transmit: on each notification, consume the tx ring as io/ring.h says (final-check
+  loop), split it into packets (a first slot whose ``size`` is the whole packet,
+  NETTXF_more_data chaining the next slots), copy each packet's bytes out of the
+  frontend's granted pages and hand the frame to the switch port (``uplink``); one
+  tx response per slot;
+- receive: ``deliver(frame)`` (called by the switch) takes one rx request the
+  frontend posted, copies the frame into its granted page, answers in the same ring
+  slot with the frame's length, and notifies as ``rsp_event`` asks.
+
+Invariants:
+- A packet is checked whole before any byte of it leaves: first size in
+  ETH_HLEN..max_frame, at most XEN_NETIF_NR_SLOTS_MIN data slots, every slot inside
+  one page (offset + size <= 4096), the later slots' sizes not above the first's
+  total, every gref readable by this backend. A bad packet gets NETIF_RSP_ERROR in
+  each of its request slots (NETIF_RSP_NULL in its extra-info slots) and reaches no
+  port; the next packet is served normally.
+- A frontend that breaks the ring protocol (a producer further ahead than the ring
+  holds on either ring, or a packet whose NETTXF_more_data / extra chain runs past
+  the requests it published, which Linux's netback also treats as fatal) is
+  disconnected: both rings unmapped, the event channel closed, xenbus Closing with
+  ``error``; other vifs, the switch and other domains are untouched.
+- Every grant mapping made to copy a slot is undone before the next slot is looked
+  at; between packets the backend holds only the two ring mappings.
+- A frame for the guest is dropped and counted (``stats['rx_dropped']``) when the
+  vif is not connected or no rx request is posted; it is never queued.
+
+Deviations: pyvmm's domain 0 is Python code without guest RAM, so GNTTABOP_copy
+(whose local side is a gmfn of the caller) cannot name a dom0 buffer; each slot is
+copied through a transient grant mapping instead (same checks: GTF_permit_access,
+grantee, GTF_readonly for rx, frame ownership; GTF_reading/writing set only while
+copying). One queue, one event channel (no feature-split-event-channels, no
+multi-queue), no control ring. No GSO and no scatter-gather receive: frames are at
+most ``mtu + 18`` bytes and always fit one rx page. Tx extra-info slots (GSO,
+multicast, hash) are parsed and refused: the packet gets NETIF_RSP_ERROR, as
+nothing that needs them is advertised. NETTXF_csum_blank is honoured by computing
+the IPv4 TCP/UDP checksum before the frame leaves (Linux netfront always offloads);
+received frames always carry full checksums, so NETRXF_* flags stay 0.
+"""
+
+from pyvmm.devices import netif
+from pyvmm.devices.net.ethernet import ETH_HLEN, complete_checksum, format_mac
+from pyvmm.devices.ring import BackRing, RingLayout
+from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
+from pyvmm.errors import ConfigError, PacketError, PyvmmError, RingError
+from pyvmm.pv import abi
+from pyvmm.pv.cstruct import Union
+
+__all__ = ["Netback", "TX_SLOT_VIEWS", "MAX_TX_SLOTS", "VLAN_ETH_HLEN"]
+
+MAX_TX_SLOTS = netif.XEN_NETIF_NR_SLOTS_MIN      # data slots one packet may use (netif.h)
+MAX_TX_EXTRAS = netif.XEN_NETIF_EXTRA_TYPE_MAX - 1   # one extra slot per defined type
+VLAN_ETH_HLEN = ETH_HLEN + 4                     # an 802.1Q tag may follow the addresses
+
+# A tx ring slot holds either a netif_tx_request or a netif_extra_info (netif.h "Extra
+# Info": the extra overlays the request); one copy of the slot gives both readings.
+TX_SLOT_VIEWS = Union("netif_tx_slot", [("req", netif.NETIF_TX_REQUEST),
+                                        ("extra", netif.NETIF_EXTRA_INFO)])
+_TX_RING = RingLayout("netif_tx", TX_SLOT_VIEWS, netif.NETIF_TX_RESPONSE)
+assert TX_SLOT_VIEWS.size == netif.NETIF_TX_REQUEST.size
+assert _TX_RING.entry.size == netif.NETIF_TX_RING.entry.size
+assert _TX_RING.ring_offset == netif.NETIF_TX_RING.ring_offset
+
+_RX_COPY = abi.GNTMAP_host_map                       # writable: the backend fills the page
+_TX_COPY = abi.GNTMAP_host_map | abi.GNTMAP_readonly  # the backend only reads tx pages
+
+
+class _BadPacket(PyvmmError):
+    """One tx packet that is refused with NETIF_RSP_ERROR (the message says why)."""
+
+
+class _Incomplete(PyvmmError):
+    """A packet chain that runs past the requests the frontend published (fatal)."""
+
+
+def _int_value(values, key):
+    text = values[key].strip()
+    if not text.isdigit():
+        raise PyvmmError(f"frontend {key} {values[key]!r} is not a decimal number")
+    return int(text)
+
+
+class Netback:
+    """The backend of vif ``devid`` of domain ``frontend_domid``, served from ``backend``.
+
+    ``backend`` is the Python-side domain (domain 0); ``client`` its xenstore client;
+    ``mac`` the guest's 6-byte MAC (published as ``mac``); ``switch`` anything with
+    ``attach(sink, name) -> port`` (a VSwitch): frames the guest sends go to
+    ``port.send(frame)``, and the switch calls ``deliver(frame)``. ``start()`` begins the
+    handshake (the toolstack created the directories). ``stats`` counts packets,
+    bytes, errors and drops each way; ``error`` records why the vif was disconnected.
+    """
+
+    def __init__(self, backend, client, frontend_domid, devid, mac, switch, mtu=1500):
+        if len(mac) != 6:
+            raise ConfigError(f"vif {frontend_domid}.{devid}: MAC {bytes(mac).hex()} is not 6 bytes")
+        if not 68 <= mtu <= abi.PAGE_SIZE - VLAN_ETH_HLEN:
+            raise ConfigError(f"vif {frontend_domid}.{devid}: MTU {mtu} is outside "
+                              f"68..{abi.PAGE_SIZE - VLAN_ETH_HLEN} (a frame must fit one page)")
+        self.backend = backend
+        self.frontend_domid = frontend_domid
+        self.devid = devid
+        self.mac = bytes(mac)
+        self.mtu = mtu
+        self.max_frame = mtu + VLAN_ETH_HLEN
+        self.name = f"vif{frontend_domid}.{devid}"
+        self.tx = self.rx = None
+        self.port = None
+        self._mappings = []
+        self._busy = False
+        self.error = None
+        self.stats = dict.fromkeys(("tx_packets", "tx_bytes", "tx_errors", "rx_packets",
+                                    "rx_bytes", "rx_errors", "rx_dropped"), 0)
+        self.uplink = switch.attach(self, self.name)
+        details = {"feature-rx-copy": 1, "feature-rx-flip": 0, "feature-sg": 0,
+                   "feature-gso-tcpv4": 0, "feature-gso-tcpv6": 0, "feature-split-event-channels": 0,
+                   "mac": format_mac(self.mac), "handle": devid, "mtu": mtu}
+        path = backend_path(backend.domid, "vif", frontend_domid, devid)
+        self.xenbus = XenbusBackend(client, path, details,
+                                    ["tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy"],
+                                    self._connect, self._teardown)
+
+    def start(self):
+        self.xenbus.start()
+
+    @property
+    def connected(self):
+        return self.tx is not None and self.xenbus.state == XenbusState.Connected
+
+    # --- connection ------------------------------------------------------------------
+
+    def _connect(self, values):
+        """XenbusBackend's connect: map both rings, bind the event channel (PyvmmError refuses)."""
+        if _int_value(values, "request-rx-copy") != 1:
+            raise PyvmmError(f"{self.name}: frontend did not set request-rx-copy=1 (page flipping "
+                             "is not offered)")
+        tx_ref = _int_value(values, "tx-ring-ref")
+        rx_ref = _int_value(values, "rx-ring-ref")
+        remote_port = _int_value(values, "event-channel")
+        table = self.backend.grant_table
+        try:
+            for ref in (tx_ref, rx_ref):
+                self._mappings.append(table.map_grant_ref(abi.GNTMAP_host_map, ref,
+                                                          self.frontend_domid))
+            tx = BackRing(self._mappings[0].page, _TX_RING)
+            rx = BackRing(self._mappings[1].page, netif.NETIF_RX_RING)
+            port = self.backend.evtchn.bind_interdomain(self.frontend_domid, remote_port)
+        except PyvmmError:
+            self._teardown()
+            raise
+        self.tx, self.rx, self.port = tx, rx, port
+        # Bound without a callback first: bind_interdomain raises the new port at once,
+        # and the rings must not be served before xenbus says Connected.
+        self.backend.evtchn.set_notify(port, self._notified)
+
+    def _teardown(self):
+        """Unmap the rings and close the event channel (idempotent)."""
+        if self.port is not None:
+            self.backend.evtchn.close(self.port)
+            self.port = None
+        while self._mappings:
+            self.backend.grant_table.unmap_grant_ref(self._mappings.pop().handle)
+        self.tx = self.rx = None
+
+    def _disconnect(self, reason):
+        """A protocol breach by the frontend: drop the rings, tell xenbus why."""
+        self.error = f"{self.name}: {reason}"
+        self._teardown()
+        if self.xenbus.state not in (XenbusState.Closing, XenbusState.Closed):
+            self.xenbus.switch(XenbusState.Closing, {"error": self.error})
+
+    def destroy(self):
+        """Leave the switch and drop the connection (the toolstack removes the vif)."""
+        self.uplink.detach()
+        self._teardown()
+        self.xenbus.stop()
+
+    # --- copying through grants ----------------------------------------------------
+
+    def _copy_out(self, ref, offset, size):
+        table = self.backend.grant_table
+        mapping = table.map_grant_ref(_TX_COPY, ref, self.frontend_domid)
+        try:
+            return bytes(mapping.page[offset:offset + size])
+        finally:
+            table.unmap_grant_ref(mapping.handle)
+
+    def _copy_in(self, ref, data):
+        table = self.backend.grant_table
+        mapping = table.map_grant_ref(_RX_COPY, ref, self.frontend_domid)
+        try:
+            mapping.page[:len(data)] = data
+        finally:
+            table.unmap_grant_ref(mapping.handle)
+
+    # --- transmit (guest -> switch) ------------------------------------------------
+
+    def _notified(self, port):
+        self.process()
+
+    def process(self):
+        """Serve every tx request on the ring, then re-arm ``req_event`` (ring.h final check)."""
+        if self._busy or not self.connected:
+            return
+        self._busy = True
+        try:
+            while self.tx is not None:
+                try:
+                    slots = self.tx.take_requests()
+                    frames = self._answer_packets(slots)
+                except (RingError, _Incomplete) as err:
+                    self._disconnect(str(err))
+                    return
+                if self.tx.push_responses():
+                    self.backend.evtchn.send(self.port)
+                for frame in frames:
+                    self.uplink.send(frame)
+                try:
+                    if self.tx is None or not self.tx.final_check_for_requests():
+                        break
+                except RingError as err:
+                    self._disconnect(str(err))
+                    return
+        finally:
+            self._busy = False
+
+    def _answer_packets(self, slots):
+        """Check and copy every packet in ``slots``; responses written; frames returned.
+
+        The whole batch is split first, so a chain that runs past the last slot
+        raises _Incomplete before any response is written or any frame leaves.
+        """
+        packets = []
+        i = 0
+        while i < len(slots):
+            packet, i = self._split(slots, i)
+            packets.append(packet)
+        frames = []
+        for requests, extras in packets:
+            status = netif.NETIF_RSP_OKAY
+            try:
+                frames.append(self._read_packet(requests, extras))
+                self.stats["tx_packets"] += 1
+                self.stats["tx_bytes"] += len(frames[-1])
+            except (_BadPacket, PacketError, PyvmmError):
+                status = netif.NETIF_RSP_ERROR
+                self.stats["tx_errors"] += 1
+            self.tx.put_response(id=requests[0]["id"], status=status)
+            for _ in extras:
+                self.tx.put_response(id=0, status=netif.NETIF_RSP_NULL)
+            for req in requests[1:]:
+                self.tx.put_response(id=req["id"], status=status)
+        return frames
+
+    def _split(self, slots, i):
+        """The packet starting at slot ``i``: (request slots, extra slots), next index."""
+        requests = [slots[i]["req"]]
+        extras = []
+        i += 1
+        more_extra = requests[0]["flags"] & netif.NETTXF_extra_info
+        while more_extra:
+            if i >= len(slots):
+                raise _Incomplete(f"tx packet id {requests[0]['id']}: extra-info chain runs past "
+                                  f"the {len(slots)} requests published")
+            extras.append(slots[i]["extra"])
+            more_extra = extras[-1]["flags"] & netif.XEN_NETIF_EXTRA_FLAG_MORE
+            i += 1
+        more = requests[0]["flags"] & netif.NETTXF_more_data
+        while more:
+            if i >= len(slots):
+                raise _Incomplete(f"tx packet id {requests[0]['id']}: NETTXF_more_data chain of "
+                                  f"{len(requests)} slots runs past the requests published")
+            requests.append(slots[i]["req"])
+            more = requests[-1]["flags"] & netif.NETTXF_more_data
+            i += 1
+        return (requests, extras), i
+
+    def _read_packet(self, requests, extras):
+        """The frame one packet carries, checked whole first; raises _BadPacket."""
+        first = requests[0]
+        total = first["size"]
+        if extras:
+            raise _BadPacket(f"tx packet id {first['id']} has {len(extras)} extra-info slot(s) "
+                             f"(type {extras[0]['type']}); none is offered")
+        if len(requests) > MAX_TX_SLOTS:
+            raise _BadPacket(f"tx packet id {first['id']} uses {len(requests)} slots, more than "
+                             f"{MAX_TX_SLOTS}")
+        if not ETH_HLEN <= total <= self.max_frame:
+            raise _BadPacket(f"tx packet id {first['id']} of {total} bytes is outside "
+                             f"{ETH_HLEN}..{self.max_frame}")
+        rest = sum(req["size"] for req in requests[1:])
+        if rest > total:
+            raise _BadPacket(f"tx packet id {first['id']}: later slots hold {rest} bytes, more "
+                             f"than the packet's {total}")
+        sizes = [total - rest] + [req["size"] for req in requests[1:]]
+        for req, size in zip(requests, sizes):
+            if req["offset"] + size > abi.PAGE_SIZE:
+                raise _BadPacket(f"tx slot id {req['id']}: {size} bytes at offset {req['offset']} "
+                                 "cross the page end")
+        frame = b"".join(self._copy_out(req["gref"], req["offset"], size)
+                         for req, size in zip(requests, sizes) if size)
+        if first["flags"] & netif.NETTXF_csum_blank:
+            frame = complete_checksum(frame)
+        return frame
+
+    # --- receive (switch -> guest) -------------------------------------------------
+
+    def deliver(self, frame):
+        """Copy ``frame`` into the next rx buffer the guest posted; False if dropped."""
+        if not self.connected or len(frame) > self.max_frame:
+            self.stats["rx_dropped"] += 1
+            return False
+        try:
+            posted = self.rx.take_requests(limit=1)
+        except RingError as err:
+            self._disconnect(str(err))
+            self.stats["rx_dropped"] += 1
+            return False
+        if not posted:
+            self.stats["rx_dropped"] += 1
+            return False
+        req = posted[0]
+        try:
+            self._copy_in(req["gref"], frame)
+            status = len(frame)
+        except PyvmmError:
+            status = netif.NETIF_RSP_ERROR
+        self.rx.put_response(id=req["id"], offset=0, flags=0, status=status)
+        if self.rx.push_responses():
+            self.backend.evtchn.send(self.port)
+        if status < 0:
+            self.stats["rx_errors"] += 1
+            return False
+        self.stats["rx_packets"] += 1
+        self.stats["rx_bytes"] += len(frame)
+        return True
