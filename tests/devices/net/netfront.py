@@ -14,7 +14,9 @@ from pyvmm.devices.net.ethernet import answer, parse_mac
 from pyvmm.devices.ring import FrontRing
 from pyvmm.devices.xenbus import XenbusFrontend, XenbusState, create_device, read_state
 from pyvmm.pv.xenstore import LocalClient, RingClient, Xenstore
-from tests.pv.pvworld import world
+from pyvmm.mm.memory import GuestMemory
+from pyvmm.pv.domain import Domain
+from tests.pv.pvworld import GRANT_FRAMES, world
 
 PAGE = 4096
 TX_RING_GFN, RX_RING_GFN = 0x300, 0x301
@@ -155,6 +157,12 @@ class Net:
         self.fronts, self.backs = [], []
         for g in self.guests:
             self.add_vif(g, post)
+
+    def add_guest(self, domid):
+        """A new guest ``domid`` in the same domain table (no vif yet)."""
+        guest = self.table.add(Domain(domid, GuestMemory(RAM), grant_frames=GRANT_FRAMES))
+        self.guests.append(guest)
+        return guest
 
     def add_vif(self, guest, post=NR_BUFS, switch=None):
         front = Netfront(self.store, self.xs0, guest)
