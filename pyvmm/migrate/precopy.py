@@ -40,6 +40,7 @@ from pyvmm.mm.layout import PAGE_SIZE
 
 DEFAULT_MAX_DOWNTIME = 0.300     # seconds; QEMU's default downtime-limit (300 ms)
 DEFAULT_MAX_ROUNDS = 5           # Xen libxc: 5 pre-copy iterations, then stop-and-copy
+_ENTRY_BYTES = 13                # a MEMORY page entry's header (pfn, encoding, length)
 BATCH_PAGES = 256                # pages a MEMORY record (1 MiB of raw pages at most)
 
 
@@ -187,7 +188,10 @@ class _PreCopy:
             t_read = time.monotonic()
             bits = self._dirty_bitmap()
             pfns = self._pfns(bits)
-            per_page = nbytes / max(1, self.stats["pages_per_round"][-1])
+            # Round 1 covers all RAM, zero pages too; a page the guest wrote is full (or
+            # a delta the size later rounds show): price it at a raw page until measured.
+            per_page = (nbytes / self.stats["pages_per_round"][-1] if self.round > 1
+                        else PAGE_SIZE + _ENTRY_BYTES)
             bandwidth = nbytes / seconds if seconds > 0 else None
             expected = len(pfns) * per_page / bandwidth if bandwidth else 0.0
             since, self.last_read = t_read - self.last_read, t_read
@@ -268,6 +272,8 @@ def migrate(vm, dest, *, max_downtime=DEFAULT_MAX_DOWNTIME, max_rounds=DEFAULT_M
         return job.run()
     except BaseException as e:
         reason = _undo(vm, job, e)
+        if isinstance(e, OSError) and not isinstance(e, TimeoutError) and job is not None:
+            reason = _refusal(sock, peer) or reason
         if not isinstance(e, Exception):
             raise
         where = f" in round {job.round} ({job.phase})" if job else ""
@@ -278,6 +284,17 @@ def migrate(vm, dest, *, max_downtime=DEFAULT_MAX_DOWNTIME, max_rounds=DEFAULT_M
         if job is not None and job.dirty_logging:
             vm.stop_dirty_log()
         sock.close()
+
+
+def _refusal(sock, peer):
+    """The destination's reason, when it refused the VM and closed before we were done
+    sending (the answer may still wait in our receive buffer); else None."""
+    try:
+        sock.settimeout(1.0)
+        answer = session.read_result(sock, peer)
+    except (OSError, MigrationError):
+        return None
+    return None if answer["ok"] else f"the destination refused the VM: {answer['error']}"
 
 
 def _undo(vm, job, error):
