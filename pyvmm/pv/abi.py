@@ -495,6 +495,76 @@ xen_add_to_physmap = _struct("xen_add_to_physmap_t", _MEM_H, [
     ("gpfn", xen_pfn_t)])
 
 
+# --- the hypercall table: xen.h, version.h, features.h -----------------------------------
+# Numbers and layouts pyvmm.pv.hypercall, pv_mmu, memory_op and multicall use beyond the ones above.
+
+__HYPERVISOR_update_va_mapping = 14
+_register_globals(_XEN_H, "__HYPERVISOR_update_va_mapping")
+
+MMU_PT_UPDATE_PRESERVE_AD, MMU_PT_UPDATE_NO_TRANSLATE = 2, 3
+MMUEXT_PIN_L1_TABLE, MMUEXT_PIN_L2_TABLE, MMUEXT_PIN_L3_TABLE = 0, 1, 2
+MMUEXT_TLB_FLUSH_MULTI, MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_ALL, MMUEXT_INVLPG_ALL = 8, 9, 10, 11
+MMUEXT_FLUSH_CACHE, MMUEXT_SET_LDT, MMUEXT_NEW_USER_BASEPTR = 12, 13, 15
+MMUEXT_CLEAR_PAGE, MMUEXT_COPY_PAGE, MMUEXT_FLUSH_CACHE_GLOBAL = 16, 17, 18
+MMUEXT_MARK_SUPER, MMUEXT_UNMARK_SUPER = 19, 20
+_register_globals(_XEN_H, "MMU_PT_UPDATE_PRESERVE_AD MMU_PT_UPDATE_NO_TRANSLATE MMUEXT_PIN_L1_TABLE "
+                  "MMUEXT_PIN_L2_TABLE MMUEXT_PIN_L3_TABLE MMUEXT_TLB_FLUSH_MULTI MMUEXT_INVLPG_MULTI "
+                  "MMUEXT_TLB_FLUSH_ALL MMUEXT_INVLPG_ALL MMUEXT_FLUSH_CACHE MMUEXT_SET_LDT "
+                  "MMUEXT_NEW_USER_BASEPTR MMUEXT_CLEAR_PAGE MMUEXT_COPY_PAGE MMUEXT_FLUSH_CACHE_GLOBAL "
+                  "MMUEXT_MARK_SUPER MMUEXT_UNMARK_SUPER")
+
+UVMF_NONE, UVMF_TLB_FLUSH, UVMF_INVLPG, UVMF_FLUSHTYPE_MASK = 0, 1, 2, 3
+UVMF_MULTI, UVMF_LOCAL, UVMF_ALL = 0, 0, 1 << 2
+_register_globals(_XEN_H, "UVMF_NONE UVMF_TLB_FLUSH UVMF_INVLPG UVMF_FLUSHTYPE_MASK UVMF_MULTI "
+                  "UVMF_LOCAL UVMF_ALL")
+
+CONSOLEIO_write, CONSOLEIO_read = 0, 1
+_register_globals(_XEN_H, "CONSOLEIO_write CONSOLEIO_read")
+
+# arch-x86/xen-x86_64.h: where a 64-bit PV guest's hypervisor hole starts. Not registered:
+# the gcc check prints constants as long long, and this one does not fit.
+HYPERVISOR_VIRT_START = 0xFFFF_8000_0000_0000
+
+_VERSION_H = "xen/version.h"
+XENVER_version, XENVER_extraversion, XENVER_compile_info, XENVER_capabilities = 0, 1, 2, 3
+XENVER_changeset, XENVER_platform_parameters, XENVER_get_features, XENVER_pagesize = 4, 5, 6, 7
+XENVER_guest_handle, XENVER_commandline, XENVER_build_id = 8, 9, 10
+XEN_EXTRAVERSION_LEN, XEN_CAPABILITIES_INFO_LEN, XEN_CHANGESET_INFO_LEN = 16, 1024, 64
+XEN_COMMANDLINE_LEN = 1024          # sizeof(xen_commandline_t)
+XEN_DOMAIN_HANDLE_LEN = 16          # sizeof(xen_domain_handle_t), xen.h
+_register_globals(_VERSION_H, "XENVER_version XENVER_extraversion XENVER_compile_info "
+                  "XENVER_capabilities XENVER_changeset XENVER_platform_parameters "
+                  "XENVER_get_features XENVER_pagesize XENVER_guest_handle XENVER_commandline "
+                  "XENVER_build_id XEN_EXTRAVERSION_LEN XEN_CAPABILITIES_INFO_LEN "
+                  "XEN_CHANGESET_INFO_LEN")
+
+xen_compile_info = _struct("xen_compile_info_t", _VERSION_H, [
+    ("compiler", Array(u8, 64)), ("compile_by", Array(u8, 16)),
+    ("compile_domain", Array(u8, 32)), ("compile_date", Array(u8, 32))])
+xen_platform_parameters = _struct("xen_platform_parameters_t", _VERSION_H,
+                                  [("virt_start", xen_ulong_t)])
+xen_feature_info = _struct("xen_feature_info_t", _VERSION_H, [("submap_idx", uint), ("submap", u32)])
+
+_FEATURES_H = "xen/features.h"
+XENFEAT_writable_page_tables = 0
+XENFEAT_writable_descriptor_tables = 1
+XENFEAT_auto_translated_physmap = 2
+XENFEAT_supervisor_mode_kernel = 3
+XENFEAT_pae_pgdir_above_4gb = 4
+XENFEAT_mmu_pt_update_preserve_ad = 5
+XENFEAT_gnttab_map_avail_bits = 7
+XENFEAT_NR_SUBMAPS = 1
+_register_globals(_FEATURES_H, "XENFEAT_writable_page_tables XENFEAT_writable_descriptor_tables "
+                  "XENFEAT_auto_translated_physmap XENFEAT_supervisor_mode_kernel "
+                  "XENFEAT_pae_pgdir_above_4gb XENFEAT_mmu_pt_update_preserve_ad "
+                  "XENFEAT_gnttab_map_avail_bits XENFEAT_NR_SUBMAPS")
+
+# memory.h: XENMEM_* commands carry a continuation start in the bits above MEMOP_CMD_MASK
+# (xen/include/xen/hypercall.h, not a public header, so not registered).
+MEMOP_EXTENT_SHIFT = 6
+MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
+
+
 def main():
     # Run as ``-m`` this file is ``__main__``; the registry the other modules fill on
     # import is the one in ``pyvmm.pv.abi``, so print from that one.

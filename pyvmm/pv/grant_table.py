@@ -28,11 +28,20 @@ application_map and contains_pte give GNTST_general_error, as for Xen's
 translated (HVM/PVH) guests. Only version 1 exists: set_version(2) gives -ENOSYS as
 on a Xen with gnttab max_version=1; transfer (deprecated), dump_table (a debug op),
 unmap_and_replace, get_status_frames, swap_grant_ref and cache_flush give -ENOSYS.
+
+Save/restore: the entries themselves are guest RAM and travel with it; ``save()``
+records where the table lives (its frames, how many are in use) and which entries
+are pinned. Pins belong to mappings in the saving VMM's address space, which no
+stream can carry: after ``restore`` (done after guest RAM) those entries read as an
+unmap would leave them (GTF_reading/GTF_writing clear), and the frontends reconnect
+to the new backends as they do after a Xen restore. A domain that itself holds
+mappings of other domains' grants cannot be saved (MigrationError) until it unmaps.
 """
 
 import struct
 
-from pyvmm.errors import GrantError, GuestMemoryError
+from pyvmm.errors import GrantError, GuestMemoryError, MigrationError
+from pyvmm.migrate.state import StateFields
 from pyvmm.pv import abi
 
 PAGE_SIZE = abi.PAGE_SIZE
@@ -288,6 +297,38 @@ class GrantTable:
         act = self._active.get(ref)
         return (act.readers, act.writers) if act else (0, 0)
 
+    # --- save / restore ------------------------------------------------------------
+
+    def save(self):
+        """Plain values: the table's frames, how many are in use, the pinned refs."""
+        held = [m.handle for m in self._maptrack if m is not None]
+        if held:
+            raise MigrationError(f"domain {self.domain.domid} holds {len(held)} grant mapping(s) "
+                                 f"of other domains (handles {held[:8]}); unmap them before saving")
+        return {"frames": list(self._pool), "nr_frames": self.nr_frames,
+                "pinned": sorted(self._active)}
+
+    def restore(self, state):
+        """Take the state ``save`` gave, into a table with no pins or mappings; checked
+        in full (every frame owned by the domain) before anything changes."""
+        me = self.domain
+        f = StateFields(state, f"domain {me.domid} grant table")
+        frames = f.uint_list("frames", 1 << 64, 1 << 16)
+        if len(set(frames)) != len(frames):
+            f.fail("frames", f"{frames[:16]} repeats a frame")
+        for gfn in frames:
+            if not me.owns(gfn):
+                f.fail("frames", f"frame {gfn:#x} is not a frame domain {me.domid} owns")
+        nr_frames = f.integer("nr_frames", 0, len(frames))
+        pinned = f.uint_list("pinned", nr_frames * ENTRIES_PER_FRAME, 1 << 20)
+        f.done()
+        if self._active or any(m is not None for m in self._maptrack):
+            raise MigrationError(f"domain {me.domid}: restore into a grant table that has pins "
+                                 f"or mappings")
+        self._pool, self.nr_frames = frames, nr_frames
+        for ref in pinned:
+            self._set_flags(ref, clear_bits=abi.GTF_reading | abi.GTF_writing)
+
     # --- the mapping side ----------------------------------------------------------
 
     def map_grant_ref(self, flags, ref, dom, host_addr=0):
@@ -351,12 +392,16 @@ class GrantTable:
 
     def unmap_all(self):
         """Drop every mapping this domain holds (domain destruction)."""
-        for mapping in [m for m in self._maptrack if m is not None]:
+        for mapping in self.mappings():
             self._release(mapping)
 
     def mapping(self, handle):
         """The live GrantMapping for ``handle``, or None."""
         return self._maptrack[handle] if 0 <= handle < len(self._maptrack) else None
+
+    def mappings(self):
+        """Every live GrantMapping this domain holds, by handle."""
+        return [m for m in self._maptrack if m is not None]
 
     # --- copy ----------------------------------------------------------------------
 
