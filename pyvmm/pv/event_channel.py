@@ -20,6 +20,13 @@ Invariants (2-level ABI):
 - port 0 is reserved and never allocated; ports are below ``max_ports`` (at most
   EVTCHN_2L_NR_CHANNELS = 4096).
 
+Save/restore: ``save()`` gives every port's binding and where shared_info lives (its
+private copy while the guest has not placed it, since the pending and mask bits are
+there). Python ``notify`` callbacks are not state: a backend sets them again. An
+interdomain port is relinked on restore when its peer is restored too (whichever
+comes first waits UNBOUND for the other); a peer that is not there leaves it UNBOUND
+for that domain, as if the peer had closed.
+
 Not provided: physical IRQs (bind_pirq gives -ENOSYS) and the FIFO ABI
 (init_control, expand_array, set_priority give -ENOSYS, so guests keep 2-level).
 """
@@ -27,6 +34,7 @@ Not provided: physical IRQs (bind_pirq gives -ENOSYS) and the FIFO ABI
 import struct
 
 from pyvmm.errors import EventChannelError, GuestMemoryError
+from pyvmm.migrate.state import StateFields
 from pyvmm.pv import abi
 
 # Xen's channel states (xen/include/xen/sched.h ECS_*: hypervisor-internal, not ABI).
@@ -56,7 +64,7 @@ def _fail(errno, what):
 class Channel:
     """One port's state (Xen's ``struct evtchn``)."""
 
-    __slots__ = ("state", "remote_domid", "remote", "virq", "vcpu", "notify")
+    __slots__ = ("state", "remote_domid", "remote", "virq", "vcpu", "notify", "awaiting")
 
     def __init__(self):
         self.state = ECS_FREE
@@ -65,6 +73,7 @@ class Channel:
         self.virq = None
         self.vcpu = 0
         self.notify = None         # Python-side callback(port)
+        self.awaiting = None       # restored UNBOUND: the (domid, port) it was connected to
 
 
 def _test_and_set(view, offset, bit):
@@ -95,6 +104,92 @@ class EventChannels:
         self._ports = [Channel()]
         self._ports[0].state = ECS_RESERVED
         self._virqs = {}   # (virq, vcpu) -> port
+
+    # --- save / restore -----------------------------------------------------------
+
+    def save(self):
+        """Plain values: every port (index = port number) and the shared_info location."""
+        ports = []
+        for chan in self._ports:
+            remote = None if chan.remote is None else [chan.remote[0].domid, chan.remote[1]]
+            ports.append({"state": chan.state, "remote_domid": chan.remote_domid, "remote": remote,
+                          "virq": chan.virq, "vcpu": chan.vcpu})
+        d = self.domain
+        private = bytes(d._private_shared_info) if d.shared_info_gfn is None else None
+        return {"ports": ports, "shared_info_gfn": d.shared_info_gfn, "shared_info": private}
+
+    def _checked_port(self, port, state):
+        f = StateFields(state, f"domain {self.domain.domid} event channel port {port}")
+        chan = Channel()
+        chan.state = f.choice("state", (ECS_RESERVED,) if port == 0 else
+                              (ECS_FREE, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_VIRQ, ECS_IPI))
+        chan.vcpu = f.uint("vcpu", self.domain.nr_vcpus)
+        unbound, interdomain, virq = (chan.state == s for s in (ECS_UNBOUND, ECS_INTERDOMAIN, ECS_VIRQ))
+        chan.remote_domid = f.optional_uint("remote_domid", abi.DOMID_FIRST_RESERVED)
+        remote = f.raw("remote")
+        chan.virq = f.optional_uint("virq", abi.NR_VIRQS)
+        f.done()
+        if (chan.remote_domid is None) == unbound:
+            f.fail("remote_domid", f"{chan.remote_domid!r} for channel state {chan.state}")
+        if (chan.virq is None) == virq or (virq and chan.virq not in _PER_VCPU_VIRQS and chan.vcpu):
+            f.fail("virq", f"{chan.virq!r} on vCPU {chan.vcpu} for channel state {chan.state}")
+        if interdomain:
+            if (not isinstance(remote, list) or len(remote) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in remote)
+                    or not 0 <= remote[0] < abi.DOMID_FIRST_RESERVED
+                    or not 0 < remote[1] < abi.EVTCHN_2L_NR_CHANNELS):
+                f.fail("remote", f"{remote!r} is not [domid, port]")
+        elif remote is not None:
+            f.fail("remote", f"{remote!r} for channel state {chan.state}")
+        return chan, (tuple(remote) if interdomain else None)
+
+    def restore(self, state):
+        """Take the state ``save`` gave; checked in full before anything changes."""
+        d = self.domain
+        f = StateFields(state, f"domain {d.domid} event channels")
+        saved = f.items("ports", self.max_ports)
+        if not saved:
+            f.fail("ports", "empty: port 0 is always there")
+        checked = [self._checked_port(port, s) for port, s in enumerate(saved)]
+        virqs = {}
+        for port, (chan, _) in enumerate(checked):
+            if chan.state == ECS_VIRQ:
+                if (chan.virq, chan.vcpu) in virqs:
+                    f.fail("ports", f"VIRQ {chan.virq} on vCPU {chan.vcpu} is bound twice")
+                virqs[chan.virq, chan.vcpu] = port
+        gfn = f.optional_uint("shared_info_gfn", 1 << 64)
+        if gfn is not None and not d.owns(gfn):
+            f.fail("shared_info_gfn", f"{gfn:#x} is not a frame domain {d.domid} owns")
+        private = f.raw("shared_info")
+        if gfn is None:
+            private = f.blob("shared_info", size=len(d._private_shared_info))
+        elif private is not None:
+            f.fail("shared_info", "a private copy although the page is placed in the guest")
+        f.done()
+        self.close_all()
+        d.shared_info_gfn = gfn
+        if private is not None:
+            d._private_shared_info[:] = private
+        self._ports = [chan for chan, _ in checked]
+        self._virqs = virqs
+        for port, (chan, remote) in enumerate(checked):
+            if remote is not None:
+                self._relink(port, chan, remote)
+
+    def _relink(self, port, chan, remote):
+        """Connect restored interdomain ``port`` to its peer if the peer, restored
+        before it, waits for exactly this port; else wait UNBOUND for the peer."""
+        rd = self.domain.lookup(remote[0])
+        peer = None
+        if rd is not None and remote[1] < len(rd.evtchn._ports):
+            peer = rd.evtchn._ports[remote[1]]
+        if peer is not None and peer.state == ECS_UNBOUND and peer.awaiting == (self.domain.domid, port):
+            chan.state, chan.remote = ECS_INTERDOMAIN, (rd, remote[1])
+            peer.state, peer.remote, peer.remote_domid = ECS_INTERDOMAIN, (self.domain, port), None
+            peer.awaiting = None
+        else:
+            chan.state, chan.remote, chan.remote_domid = ECS_UNBOUND, None, remote[0]
+            chan.awaiting = remote
 
     # --- ports ---------------------------------------------------------------------
 
@@ -160,6 +255,7 @@ class EventChannels:
         rchan.state = ECS_INTERDOMAIN
         rchan.remote = (self.domain, lport)
         rchan.remote_domid = None
+        rchan.awaiting = None
         # As Xen: the remote side may have sent before we bound; raise the local port.
         self.set_pending(lport)
         return lport

@@ -23,13 +23,21 @@ Invariants:
 - A guest that breaks the ring protocol (impossible indices, a message longer than
   XENSTORE_PAYLOAD_MAX) gets the page's ``error`` field set and its connection
   stopped; other connections and the store are untouched.
+
+Save/restore: ``save()`` lists every node (path, value, permissions in XS_GET_PERMS
+order written as one string such as ``n0r1``), parents before children; ``restore``
+checks the whole list (canonical absolute paths, each parent listed before its
+children, valid permissions) before it replaces the tree. Watches, transactions and
+ring connections are not state that travels: as after a Xen restore, guests are
+introduced again and their xenbus drivers re-register their watches.
 """
 
 import itertools
+import re
 from collections import deque
 from typing import NamedTuple
 
-from pyvmm.errors import RingError, XenstoreError
+from pyvmm.errors import MigrationStreamError, RingError, XenstoreError
 from pyvmm.pv.xs_wire import (HEADER_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_ERROR_PROTO,
                               XENSTORE_ERROR_RINGIDX, XENSTORE_PAYLOAD_MAX, XENSTORE_RECONNECT,
                               XENSTORE_REL_PATH_MAX, XENSTORE_SERVER_FEATURE_ERROR,
@@ -74,6 +82,19 @@ class Perm(NamedTuple):
         if len(text) < 2 or text[0] not in "nrwb" or not text[1:].isdigit():
             raise XenstoreError("EINVAL", f"permission {text!r} is not [nrwb]<domid>")
         return cls(int(text[1:]), text[0])
+
+
+_PERMS = re.compile(r"([nrwb])(\d{1,5})")
+
+
+def _parse_perms(text):
+    """A permission string as ``save`` writes it (``n0r1``) as a Perm tuple."""
+    if not isinstance(text, str) or not re.fullmatch(f"(?:{_PERMS.pattern})+", text):
+        raise XenstoreError("EINVAL", f"permissions {text!r} are not [nrwb]<domid>...")
+    perms = tuple(Perm(int(d), a) for a, d in _PERMS.findall(text))
+    if any(p.domid >= 0x7FF0 for p in perms):
+        raise XenstoreError("EINVAL", f"permissions {text!r} name a domid above 0x7fef")
+    return perms
 
 
 def _allows(perms, domid, want):
@@ -191,6 +212,50 @@ class Xenstore:
         self._delivering = False
         for path in ("/local", "/local/domain", "/local/domain/0"):
             self._create(self.tree, None, path, b"")
+
+    # --- save / restore ---------------------------------------------------------
+
+    def save(self):
+        """Every node as (path, value bytes, permission string), parents first."""
+        out = []
+        stack = ["/"]
+        while stack:
+            path = stack.pop()
+            node = self.tree.nodes[path]
+            out.append((path, node.value, "".join(map(str, node.perms))))
+            stack.extend(_join(path, name) for name in reversed(node.children))
+        return out
+
+    def restore(self, nodes):
+        """Replace the tree with ``nodes`` as ``save`` listed them (triples); checked in
+        full first, and no watch fires."""
+        fresh = {}
+        for index, item in enumerate(nodes):
+            where = f"xenstore node {index}"
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise MigrationStreamError(f"{where}: expected (path, value, permissions)")
+            path, value, perms = item
+            try:
+                if not isinstance(path, str) or not path.startswith("/"):
+                    raise XenstoreError("EINVAL", f"path {path!r} is not absolute")
+                self.canonical(None, path)
+                parsed = _parse_perms(perms)
+            except XenstoreError as e:
+                raise MigrationStreamError(f"{where}: {e.what}") from None
+            if not isinstance(value, bytes) or len(value) > XENSTORE_PAYLOAD_MAX:
+                raise MigrationStreamError(f"{where} ({path}): value is not bytes of at most "
+                                           f"{XENSTORE_PAYLOAD_MAX}")
+            if path in fresh:
+                raise MigrationStreamError(f"{where}: {path} is listed twice")
+            if (path == "/") != (index == 0) or (index and _parent(path) not in fresh):
+                raise MigrationStreamError(f"{where}: {path} comes before its parent "
+                                           f"(the root must be first)")
+            fresh[path] = _Node(value, parsed, next(self._gen))
+            if index:
+                fresh[_parent(path)].children.append(path.rsplit("/", 1)[1])
+        if not fresh:
+            raise MigrationStreamError("xenstore: no nodes (the root is always there)")
+        self.tree = _Tree(fresh, self._gen)
 
     # --- paths and permissions -------------------------------------------------
 
