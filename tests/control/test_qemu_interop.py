@@ -12,7 +12,7 @@ import pytest
 from pyvmm.control.client import ControlClient
 from pyvmm.errors import ControlCommandError, ControlError
 
-from tests.control.conftest import RawConn
+from tests.control.peers import RawConn
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")

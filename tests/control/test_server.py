@@ -12,7 +12,7 @@ import pytest
 from pyvmm.control.server import ControlServer
 from pyvmm.errors import ControlError
 
-from tests.control.conftest import FakeVm, RawConn
+from tests.control.peers import FakeVm, RawConn
 
 
 def error_of(message):
