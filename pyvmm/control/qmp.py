@@ -156,12 +156,10 @@ def error_reply(err, ident):
     return {"error": {"class": err.error_class, "desc": err.desc}, **ident}
 
 
-def event(name, data=None, now=None):
-    """An event message stamped with ``now`` (seconds since the epoch, default: the host clock)."""
-    now = time.time() if now is None else now
-    seconds = int(now)
-    message = {"event": name,
-               "timestamp": {"seconds": seconds, "microseconds": int((now - seconds) * 1_000_000)}}
+def event(name, data=None, now_ns=None):
+    """An event message stamped with ``now_ns`` (ns since the epoch, default: the host clock)."""
+    seconds, ns = divmod(time.time_ns() if now_ns is None else now_ns, 1_000_000_000)
+    message = {"event": name, "timestamp": {"seconds": seconds, "microseconds": ns // 1000}}
     if data is not None:
         message["data"] = data
     return message
