@@ -66,22 +66,13 @@ class StateFields:
         return value
 
     def blob(self, name, size=None, max_size=None):
-        value = self.raw(name)
-        if not isinstance(value, bytes):
-            self.fail(name, f"a {type(value).__name__}, expected bytes")
+        value = self._sized(name, bytes, "bytes", max_size, "bytes")
         if size is not None and len(value) != size:
             self.fail(name, f"{len(value)} bytes, expected {size}")
-        if max_size is not None and len(value) > max_size:
-            self.fail(name, f"{len(value)} bytes, at most {max_size} allowed")
         return value
 
     def text(self, name, max_len=4096):
-        value = self.raw(name)
-        if not isinstance(value, str):
-            self.fail(name, f"a {type(value).__name__}, expected a string")
-        if len(value) > max_len:
-            self.fail(name, f"a string of {len(value)} characters, at most {max_len} allowed")
-        return value
+        return self._sized(name, str, "a string", max_len, "characters")
 
     def uint_list(self, name, limit, max_len):
         """A list of at most ``max_len`` ints, each in 0 .. limit-1."""
@@ -89,16 +80,7 @@ class StateFields:
         return [self._check_int(f"{name}[{i}]", v, 0, limit - 1) for i, v in enumerate(value)]
 
     def items(self, name, max_len):
-        value = self.raw(name)
-        if not isinstance(value, list):
-            self.fail(name, f"a {type(value).__name__}, expected a list")
-        if len(value) > max_len:
-            self.fail(name, f"{len(value)} items, at most {max_len} allowed")
-        return value
-
-    def sub(self, name, component=None):
-        """The nested map ``name`` as StateFields of its own."""
-        return StateFields(self.raw(name), component or f"{self.component} {name}")
+        return self._sized(name, list, "a list", max_len, "items")
 
     def done(self):
         """Refuse keys that no field read asked for."""
@@ -106,6 +88,14 @@ class StateFields:
         if extra:
             raise MigrationStreamError(f"{self.component} state: unknown field(s) "
                                        f"{', '.join(map(repr, extra[:8]))}")
+
+    def _sized(self, name, kind, what, max_len, unit):
+        value = self.raw(name)
+        if not isinstance(value, kind):
+            self.fail(name, f"a {type(value).__name__}, expected {what}")
+        if max_len is not None and len(value) > max_len:
+            self.fail(name, f"{len(value)} {unit}, at most {max_len} allowed")
+        return value
 
     def _check_int(self, name, value, low, high):
         if isinstance(value, bool) or not isinstance(value, int):
