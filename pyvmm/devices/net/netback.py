@@ -45,26 +45,29 @@ received frames always carry full checksums, so NETRXF_* flags stay 0.
 
 from pyvmm.devices import netif
 from pyvmm.devices.net.ethernet import ETH_HLEN, complete_checksum, format_mac
-from pyvmm.devices.ring import BackRing, RingLayout
+from pyvmm.devices.ring import BackRing
 from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
 from pyvmm.errors import ConfigError, PacketError, PyvmmError, RingError
 from pyvmm.pv import abi
-from pyvmm.pv.cstruct import Union
 
-__all__ = ["Netback", "TX_SLOT_VIEWS", "MAX_TX_SLOTS", "VLAN_ETH_HLEN"]
+__all__ = ["Netback", "MAX_TX_SLOTS", "VLAN_ETH_HLEN"]
 
 MAX_TX_SLOTS = netif.XEN_NETIF_NR_SLOTS_MIN      # data slots one packet may use (netif.h)
 MAX_TX_EXTRAS = netif.XEN_NETIF_EXTRA_TYPE_MAX - 1   # one extra slot per defined type
 VLAN_ETH_HLEN = ETH_HLEN + 4                     # an 802.1Q tag may follow the addresses
 
-# A tx ring slot holds either a netif_tx_request or a netif_extra_info (netif.h "Extra
-# Info": the extra overlays the request); one copy of the slot gives both readings.
-TX_SLOT_VIEWS = Union("netif_tx_slot", [("req", netif.NETIF_TX_REQUEST),
-                                        ("extra", netif.NETIF_EXTRA_INFO)])
-_TX_RING = RingLayout("netif_tx", TX_SLOT_VIEWS, netif.NETIF_TX_RESPONSE)
-assert TX_SLOT_VIEWS.size == netif.NETIF_TX_REQUEST.size
-assert _TX_RING.entry.size == netif.NETIF_TX_RING.entry.size
-assert _TX_RING.ring_offset == netif.NETIF_TX_RING.ring_offset
+_EXTRA_SIZE = netif.NETIF_EXTRA_INFO.size
+assert _EXTRA_SIZE <= netif.NETIF_TX_REQUEST.size
+
+
+def _as_extra(slot):
+    """A tx slot read as the netif_extra_info that overlays the request (netif.h "Extra Info").
+
+    Slots are unpacked as requests (the common case); the rare extra slot is turned
+    back into its bytes and read again with the extra-info layout.
+    """
+    return netif.NETIF_EXTRA_INFO.unpack(netif.NETIF_TX_REQUEST.pack(**slot)[:_EXTRA_SIZE])
+
 
 _RX_COPY = abi.GNTMAP_host_map                       # writable: the backend fills the page
 _TX_COPY = abi.GNTMAP_host_map | abi.GNTMAP_readonly  # the backend only reads tx pages
@@ -147,7 +150,7 @@ class Netback:
             for ref in (tx_ref, rx_ref):
                 self._mappings.append(table.map_grant_ref(abi.GNTMAP_host_map, ref,
                                                           self.frontend_domid))
-            tx = BackRing(self._mappings[0].page, _TX_RING)
+            tx = BackRing(self._mappings[0].page, netif.NETIF_TX_RING)
             rx = BackRing(self._mappings[1].page, netif.NETIF_RX_RING)
             port = self.backend.evtchn.bind_interdomain(self.frontend_domid, remote_port)
         except PyvmmError:
@@ -259,7 +262,7 @@ class Netback:
 
     def _split(self, slots, i):
         """The packet starting at slot ``i``: (request slots, extra slots), next index."""
-        requests = [slots[i]["req"]]
+        requests = [slots[i]]
         extras = []
         i += 1
         more_extra = requests[0]["flags"] & netif.NETTXF_extra_info
@@ -267,7 +270,7 @@ class Netback:
             if i >= len(slots):
                 raise _Incomplete(f"tx packet id {requests[0]['id']}: extra-info chain runs past "
                                   f"the {len(slots)} requests published")
-            extras.append(slots[i]["extra"])
+            extras.append(_as_extra(slots[i]))
             more_extra = extras[-1]["flags"] & netif.XEN_NETIF_EXTRA_FLAG_MORE
             i += 1
         more = requests[0]["flags"] & netif.NETTXF_more_data
@@ -275,7 +278,7 @@ class Netback:
             if i >= len(slots):
                 raise _Incomplete(f"tx packet id {requests[0]['id']}: NETTXF_more_data chain of "
                                   f"{len(requests)} slots runs past the requests published")
-            requests.append(slots[i]["req"])
+            requests.append(slots[i])
             more = requests[-1]["flags"] & netif.NETTXF_more_data
             i += 1
         return (requests, extras), i
