@@ -47,7 +47,7 @@ from pyvmm.devices import netif
 from pyvmm.devices.net.ethernet import ETH_HLEN, complete_checksum, format_mac
 from pyvmm.devices.ring import BackRing
 from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
-from pyvmm.errors import ConfigError, PacketError, PyvmmError, RingError
+from pyvmm.errors import ConfigError, PyvmmError, RingError
 from pyvmm.pv import abi
 
 __all__ = ["Netback", "MAX_TX_SLOTS", "VLAN_ETH_HLEN"]
@@ -96,7 +96,8 @@ class Netback:
     ``attach(sink, name) -> port`` (a VSwitch): frames the guest sends go to
     ``port.send(frame)``, and the switch calls ``deliver(frame)``. ``start()`` begins the
     handshake (the toolstack created the directories). ``stats`` counts packets,
-    bytes, errors and drops each way; ``error`` records why the vif was disconnected.
+    bytes, errors and drops each way; ``error`` records why the vif was disconnected,
+    ``last_refused`` why the last refused tx packet was refused.
     """
 
     def __init__(self, backend, client, frontend_domid, devid, mac, switch, mtu=1500):
@@ -117,12 +118,13 @@ class Netback:
         self._mappings = []
         self._busy = False
         self.error = None
+        self.last_refused = None
         self.stats = dict.fromkeys(("tx_packets", "tx_bytes", "tx_errors", "rx_packets",
                                     "rx_bytes", "rx_errors", "rx_dropped"), 0)
         self.uplink = switch.attach(self, self.name)
         details = {"feature-rx-copy": 1, "feature-rx-flip": 0, "feature-sg": 0,
                    "feature-gso-tcpv4": 0, "feature-gso-tcpv6": 0, "feature-split-event-channels": 0,
-                   "mac": format_mac(self.mac), "handle": devid, "mtu": mtu}
+                   "mac": format_mac(self.mac), "handle": devid}
         path = backend_path(backend.domid, "vif", frontend_domid, devid)
         self.xenbus = XenbusBackend(client, path, details,
                                     ["tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy"],
@@ -250,7 +252,8 @@ class Netback:
                 frames.append(self._read_packet(requests, extras))
                 self.stats["tx_packets"] += 1
                 self.stats["tx_bytes"] += len(frames[-1])
-            except (_BadPacket, PacketError, PyvmmError):
+            except PyvmmError as err:   # _BadPacket, GrantError, PacketError from the checksum
+                self.last_refused = str(err)
                 status = netif.NETIF_RSP_ERROR
                 self.stats["tx_errors"] += 1
             self.tx.put_response(id=requests[0]["id"], status=status)
@@ -260,28 +263,27 @@ class Netback:
                 self.tx.put_response(id=req["id"], status=status)
         return frames
 
-    def _split(self, slots, i):
+    @staticmethod
+    def _split(slots, i):
         """The packet starting at slot ``i``: (request slots, extra slots), next index."""
-        requests = [slots[i]]
-        extras = []
-        i += 1
-        more_extra = requests[0]["flags"] & netif.NETTXF_extra_info
-        while more_extra:
-            if i >= len(slots):
-                raise _Incomplete(f"tx packet id {requests[0]['id']}: extra-info chain runs past "
-                                  f"the {len(slots)} requests published")
-            extras.append(_as_extra(slots[i]))
-            more_extra = extras[-1]["flags"] & netif.XEN_NETIF_EXTRA_FLAG_MORE
-            i += 1
-        more = requests[0]["flags"] & netif.NETTXF_more_data
-        while more:
-            if i >= len(slots):
-                raise _Incomplete(f"tx packet id {requests[0]['id']}: NETTXF_more_data chain of "
-                                  f"{len(requests)} slots runs past the requests published")
-            requests.append(slots[i])
-            more = requests[-1]["flags"] & netif.NETTXF_more_data
-            i += 1
-        return (requests, extras), i
+        first = slots[i]
+
+        def chain(i, more, read, more_bit, what):
+            out = []
+            while more:
+                if i >= len(slots):
+                    raise _Incomplete(f"tx packet id {first['id']}: {what} chain runs past the "
+                                      f"{len(slots)} requests published")
+                out.append(read(slots[i]))
+                more = out[-1]["flags"] & more_bit
+                i += 1
+            return out, i
+
+        extras, i = chain(i + 1, first["flags"] & netif.NETTXF_extra_info, _as_extra,
+                          netif.XEN_NETIF_EXTRA_FLAG_MORE, "extra-info")
+        rest, i = chain(i, first["flags"] & netif.NETTXF_more_data, dict, netif.NETTXF_more_data,
+                        "NETTXF_more_data")
+        return ([first] + rest, extras), i
 
     def _read_packet(self, requests, extras):
         """The frame one packet carries, checked whole first; raises _BadPacket."""

@@ -146,6 +146,9 @@ def test_frames_without_rx_buffers_are_dropped_and_counted():
         a.send(ping(1, 2, seq))
     assert b.receive(repost=False) == [ping(1, 2, 3), ping(1, 2, 4)]
     assert net.backs[1].stats["rx_dropped"] == 4
+    b.post_rx(2)
+    assert not net.backs[1].deliver(ethernet(mac_of(2), mac_of(1), 0x88B5, bytes(1519 - 14)))
+    assert net.backs[1].stats["rx_dropped"] == 5 and b.receive() == []    # over the MTU: dropped
 
 
 def test_notifications_follow_the_event_indices(net):
@@ -217,6 +220,7 @@ def test_each_malformed_packet_gets_errors_and_nothing_leaves(net):
     assert by_slot[pos:] == [(good_ids[0], OKAY)]
     assert b.receive() == [frame]                                  # only the good packet left
     assert net.backs[0].stats["tx_errors"] == len(cases) and net.backs[0].connected
+    assert "extra-info" in net.backs[0].last_refused
     assert read_state(net.xs0, net.backs[0].xenbus.path) == XenbusState.Connected
     for g in net.guests:                                           # nothing stayed mapped
         assert g.foreign_pins.keys() <= {TX_RING_GFN, RX_RING_GFN}
@@ -286,10 +290,15 @@ def test_producer_far_ahead_disconnects_only_that_guest(ring, ahead):
     bad.kick()                                       # its port is unbound: reaches nobody
 
 
-def test_chain_past_the_published_requests_disconnects(net):
+@pytest.mark.parametrize("chain", ["more_data", "extra"])
+def test_chain_past_the_published_requests_disconnects(net, chain):
     a, b = net.fronts
     frame = ping(1, 2, 1)
-    a.queue(frame, chunks=[20])
+    if chain == "more_data":
+        a.queue(frame, chunks=[20])
+    else:
+        a.queue(frame, flags=netif.NETTXF_extra_info)
+        _extra(a)
     # publish only the first slot of the two
     page = net.guests[0].page(TX_RING_GFN)
     page[0:4] = ((a.tx.req_prod_pvt - 1) & 0xFFFFFFFF).to_bytes(4, "little")
