@@ -208,7 +208,7 @@ def test_client_leaving_mid_line_or_mid_command_does_not_disturb_others(vm_serve
 
 def test_a_client_that_never_reads_is_dropped_and_emit_never_blocks(vm_server, connect):
     vm, server = vm_server
-    server.max_backlog = 64 * 1024
+    server.max_backlog = 512 * 1024
     deaf = connect()
     reader = connect()
     got = []
@@ -219,14 +219,15 @@ def test_a_client_that_never_reads_is_dropped_and_emit_never_blocks(vm_server, c
 
     reading = threading.Thread(target=read_all)
     reading.start()
-    start = time.monotonic()
-    for i in range(20000):                            # ~2 MB of events
+    slowest = 0.0
+    for i in range(20000):                            # ~2 MB of events: more than the deaf one can hold
+        t0 = time.monotonic()
         server.emit("MIGRATION", {"status": "active", "round": i, "pad": "x" * 40})
-        if i % 100 == 99:
+        slowest = max(slowest, time.monotonic() - t0)
+        while len(got) < i - 1000 and reading.is_alive():   # the reader lags <= ~110 KB
             time.sleep(0.001)
-    emitting = time.monotonic() - start
     reading.join(10)
-    assert emitting < 5
+    assert slowest < 0.5                              # emit never waited for the deaf client
     assert got == list(range(20000))                  # the reader missed nothing
     deadline = time.monotonic() + 2
     while server.client_count != 1 and time.monotonic() < deadline:
