@@ -19,7 +19,7 @@ _COUNTER = struct.Struct("<Q")
 
 
 class FakeVm:
-    def __init__(self, pages, rate=0, seed=7):
+    def __init__(self, pages, rate=0, seed=7, keep_paused_ram=True):
         rng = random.Random(seed)
         self.ram = bytearray(pages * PAGE_SIZE)
         for pfn in range(0, pages, 2):             # odd pages stay zero
@@ -31,6 +31,7 @@ class FakeVm:
         self.writes = 0
         self.logging = False
         self.paused_ram = None
+        self.keep_paused_ram = keep_paused_ram      # False: pause() copies nothing (benchmarks)
         self.devices = {"vcpu0": {"rip": 0xFFFF_FFFF_8100_0000, "rflags": 0x202},
                         "serial": {"lsr": 0x60, "buffer": b"login: "}}
         self.on_save_devices = None
@@ -101,7 +102,8 @@ class FakeVm:
         self.calls.append("pause")
         self._running.clear()
         with self._lock:                 # the guest thread is outside its write batch
-            self.paused_ram = bytes(self.ram)
+            if self.keep_paused_ram:
+                self.paused_ram = bytes(self.ram)
 
     def resume(self):
         self.calls.append("resume")
