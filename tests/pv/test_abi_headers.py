@@ -83,3 +83,32 @@ def test_registry_refuses_a_second_layout_under_the_same_name():
         abi.register_layout("grant_entry_v1_t", abi.Struct("other", [("x", abi.u8)]), "x.h")
     with pytest.raises(ValueError, match="clashes"):
         abi.register_constants("x.h", {"GNTST_okay": 5})
+
+
+def test_hypercall_table_layouts_and_numbers_are_registered():
+    out = abi.all_lines()
+    for line in ("sizeof(xen_compile_info_t) = 144", "sizeof(xen_feature_info_t) = 8",
+                 "sizeof(xen_platform_parameters_t) = 8", "sizeof(mmuext_op_t) = 24",
+                 "sizeof(multicall_entry_t) = 64", "sizeof(xen_memory_reservation_t) = 32",
+                 "sizeof(sched_poll_t) = 24", "__HYPERVISOR_update_va_mapping = 14",
+                 "MMUEXT_COPY_PAGE = 17", "UVMF_ALL = 4", "XENVER_get_features = 6",
+                 "XENFEAT_mmu_pt_update_preserve_ad = 5", "CONSOLEIO_read = 1"):
+        assert line in out
+
+
+def test_unregistered_hypercall_constants_match_gcc(tmp_path):
+    """Constants the registry cannot print as long long, or that are sizes of typedefs."""
+    _need_toolchain()
+    checks = {"HYPERVISOR_VIRT_START": abi.HYPERVISOR_VIRT_START,
+              "sizeof(xen_commandline_t)": abi.XEN_COMMANDLINE_LEN,
+              "sizeof(xen_domain_handle_t)": abi.XEN_DOMAIN_HANDLE_LEN}
+    src = tmp_path / "extra.c"
+    body = "".join(f'    printf("%llu\\n", (unsigned long long)({expr}));\n' for expr in checks)
+    src.write_text("#include <stdint.h>\n#include <stdio.h>\n#include <xen/xen.h>\n#include <xen/version.h>\n"
+                   f"int main(void) {{\n{body}    return 0;\n}}\n")
+    exe = tmp_path / "extra"
+    build = subprocess.run(["gcc", "-o", str(exe), str(src)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    values = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True,
+                                             text=True).stdout.split()]
+    assert values == list(checks.values())
