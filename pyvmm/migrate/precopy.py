@@ -120,7 +120,8 @@ class _PreCopy:
         self.stats = {"status": "running", "peer": peer, "page_count": self.pages,
                       "max_downtime_ms": max_downtime * 1e3, "max_rounds": max_rounds,
                       "xbzrle": bool(xbzrle), "rounds": 0, "pages_per_round": [],
-                      "bytes_per_round": [], "seconds_per_round": [], "converged": None}
+                      "bytes_per_round": [], "seconds_per_round": [], "converged": None,
+                      "progress": []}
 
     # --- one round -----------------------------------------------------------------
 
@@ -128,15 +129,17 @@ class _PreCopy:
         """Send ``pfns`` in MEMORY records; (wire bytes, seconds) of the round."""
         start, t0 = self.sink.sent, time.monotonic()
         ram, last = self.ram, self.last_sent
+        delta = last is not None and self.round > 1     # round 1 is every page's first copy
         for i in range(0, len(pfns), BATCH_PAGES):
             batch = []
             for pfn in pfns[i:i + BATCH_PAGES]:
                 o = pfn * PAGE_SIZE
                 data = ram[o:o + PAGE_SIZE].tobytes()      # one copy: the guest may write on
-                if last is None:
-                    batch.append(encode_page(pfn, data))
-                else:
+                if delta:
                     batch.append(encode_page(pfn, data, last[o:o + PAGE_SIZE], self.scanner))
+                else:
+                    batch.append(encode_page(pfn, data))
+                if last is not None:
                     last[o:o + PAGE_SIZE] = data
             self.writer.write(MemoryRecord(tuple(batch)))
             if throttle and self.max_bandwidth:
@@ -226,7 +229,7 @@ class _PreCopy:
              "seconds": round(seconds, 6), "bandwidth_mbps": _mbps(nbytes, seconds),
              "dirty_pages": dirty, "dirty_rate_mbps": _mbps(dirty * PAGE_SIZE, since),
              "expected_downtime_ms": round(expected * 1e3, 3)}
-        self.stats.setdefault("progress", []).append(p)
+        self.stats["progress"].append(p)
         if self.progress is not None:
             self.progress(p)
 
