@@ -50,9 +50,10 @@ def _read_pfn(vm, handle, i):
 
 
 def _release(dom, gfn):
-    if mmu_of(dom).busy(gfn):
+    mmu = mmu_of(dom)
+    if mmu.busy(gfn):
         raise _Refused(f"frame {gfn:#x} is a page table or mapped by one")
-    if any(m.host_addr >> abi.PAGE_SHIFT == gfn for m in dom.grant_table.mappings()):
+    if mmu.granted(gfn) is not None:
         raise _Refused(f"frame {gfn:#x} holds a grant mapping")
     try:
         dom.release(gfn)

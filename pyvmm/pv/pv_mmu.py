@@ -128,7 +128,7 @@ class PvMmu:
 
     # --- references ------------------------------------------------------------------
 
-    def _granted(self, gfn):
+    def granted(self, gfn):
         """The grant mapping this domain host-mapped at frame ``gfn``, or None."""
         for mapping in self.domain.grant_table.mappings():
             if mapping.host_addr >> abi.PAGE_SHIFT == gfn:
@@ -184,7 +184,7 @@ class PvMmu:
             _fail(abi.EBUSY, f"domain {dom.domid}: L1 entry {entry:#x} maps frame {gfn:#x}, "
                              "which it does not own")
         if entry & PTE_W:
-            grant = self._granted(gfn)
+            grant = self.granted(gfn)
             if grant is not None and grant.readonly:
                 _fail(abi.EBUSY, f"domain {dom.domid}: frame {gfn:#x} holds a read-only grant "
                                  f"of domain {grant.granter.domid}; it cannot be mapped writable")
@@ -233,7 +233,7 @@ class PvMmu:
         """
         dom = self.domain
         gfn, offset = ptr >> abi.PAGE_SHIFT, ptr & (PAGE_SIZE - 8)
-        if not dom.owns(gfn) or self._granted(gfn) is not None:
+        if not dom.owns(gfn) or self.granted(gfn) is not None:
             _fail(abi.EINVAL, f"domain {dom.domid}: mmu_update pointer {ptr:#x} is not in a "
                               "frame it owns")
         page = dom.page(gfn)
@@ -365,8 +365,18 @@ def _report_done(vm, pdone, done):
             pass
 
 
-def _run_batch(vm, uops, count, pdone, layout, one):
-    """Xen's batch loop: op i read, run; a failure stops at i; ``*pdone`` = ops done."""
+def _run_batch(vm, owners, uops, count, pdone, layout, one):
+    """Xen's batch loop: op i read, run; a failure stops at i; ``*pdone`` = ops done.
+
+    ``owners`` are the domids the call names as frame owners; each must be the caller.
+    """
+    for domid in owners:
+        rc = _foreign_ok(vm.domain, domid)
+        if rc:
+            return rc
+    count = _batch_count(count)
+    if count < 0:
+        return count
     done, rc = 0, 0
     for addr in range(uops, uops + count * layout.size, layout.size):
         try:
@@ -386,13 +396,8 @@ def _run_batch(vm, uops, count, pdone, layout, one):
 def mmu_update(vm, reqs, count, pdone, foreigndom):
     """HYPERVISOR_mmu_update(reqs, count, pdone, foreigndom): 0 or -errno."""
     dom = vm.domain
-    fd, pfd = foreigndom & 0xFFFF, (foreigndom >> 16) & 0xFFFF
-    rc = _foreign_ok(dom, fd) or _foreign_ok(dom, abi.DOMID_SELF if pfd == 0 else pfd - 1)
-    if rc:
-        return rc
-    count = _batch_count(count)
-    if count < 0:
-        return count
+    pfd = (foreigndom >> 16) & 0xFFFF
+    owners = (foreigndom & 0xFFFF, abi.DOMID_SELF if pfd == 0 else pfd - 1)
     mmu = mmu_of(dom)
 
     def one(req):
@@ -409,7 +414,7 @@ def mmu_update(vm, reqs, count, pdone, foreigndom):
         else:
             _fail(abi.ENOSYS, f"mmu_update command {cmd} does not exist")
 
-    return _run_batch(vm, reqs, count, pdone, abi.mmu_update, one)
+    return _run_batch(vm, owners, reqs, count, pdone, abi.mmu_update, one)
 
 
 def _flush(vm, flags, va):
@@ -439,12 +444,6 @@ def update_va_mapping(vm, va, val, flags):
 def mmuext_op(vm, uops, count, pdone, foreigndom):
     """HYPERVISOR_mmuext_op(uops, count, pdone, foreigndom): 0 or -errno."""
     dom = vm.domain
-    rc = _foreign_ok(dom, foreigndom & 0xFFFF)
-    if rc:
-        return rc
-    count = _batch_count(count)
-    if count < 0:
-        return count
     mmu = mmu_of(dom)
 
     def one(op):
@@ -475,4 +474,4 @@ def mmuext_op(vm, uops, count, pdone, foreigndom):
         else:
             _fail(abi.ENOSYS, f"mmuext_op command {cmd} is not provided")
 
-    return _run_batch(vm, uops, count, pdone, abi.mmuext_op, one)
+    return _run_batch(vm, (foreigndom & 0xFFFF,), uops, count, pdone, abi.mmuext_op, one)
