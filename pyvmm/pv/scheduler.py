@@ -14,10 +14,20 @@ reduced to one host CPU, written afresh:
   A domain's credit is split evenly among its active vCPUs.
 - a vCPU's priority is BOOST (woken from blocked while not over its share),
   UNDER (credit >= 0) or OVER (credit < 0). The runnable vCPU of the highest
-  priority runs; equal priorities run round-robin (a vCPU that ran queues last).
+  priority runs; within UNDER or OVER a capped domain's vCPU first (its budget is
+  lost if not used in this period, and its slices end when the budget does), then
+  round-robin (a vCPU that ran queues last); BOOSTed vCPUs in wake order. Without
+  the capped-first rule, one 30 ms slice of
+  another domain can fill a whole period and the capped domain loses periods it
+  can never make up.
   The scheduler is work-conserving: an OVER vCPU runs whenever nobody else wants to.
-- a slice is at most one timeslice (30 ms), one tick (10 ms) for a BOOSTed vCPU,
-  and never crosses the end of the accounting period. It is cut short at the
+- a slice is at most one timeslice (30 ms) and ends with the accounting period,
+  where new credit may make another vCPU the better choice; an UNDER vCPU's slice
+  ends when its credit is spent (at least the rate limit), so every UNDER vCPU gets
+  its share within each period instead of one slice filling the whole period (Xen,
+  with many CPUs, does not need this); a BOOSTed vCPU gets
+  one tick (10 ms) and may cross the period end (unless capped) to finish the
+  short work it woke for; a capped domain's slice ends with its budget. It is cut short at the
   earliest wake deadline of a blocked vCPU that will be BOOSTed (the way Xen's
   timer wakes a vCPU and preempts the running one), but never below the rate limit
   (1 ms), so a vCPU woken by its timer runs within one rate limit of its deadline.
@@ -453,15 +463,26 @@ class CreditScheduler:
         for entry in self._entries.values():
             if entry.state != _QUEUED or entry.dom.parked:
                 continue
-            if best is None or (entry.priority, -entry.seq) > (best.priority, -best.seq):
+            if best is None or self._order(entry) > self._order(best):
                 best = entry
         return best
 
+    @staticmethod
+    def _order(entry):
+        # BOOSTed vCPUs stay in wake order: a capped one must not hold off other wakes.
+        pri = entry.priority
+        return pri, pri != PRI_BOOST and entry.dom.cap != 0, -entry.seq
+
     def _slice(self, entry, now, until):
-        limit = min(self.tick_ns if entry.boosted else self.tslice_ns, self._period_end - now)
         dom = entry.dom
-        if dom.cap:
-            limit = min(limit, self._budget(dom) - dom.used_in_period)
+        if entry.boosted:   # a woken vCPU finishes its short work across a period end
+            limit = self.tick_ns
+        else:               # new credit may make another vCPU the better choice
+            limit = min(self.tslice_ns, self._period_end - now)
+            if entry.credit >= 0:   # UNDER: until its credit is spent, then the next UNDER
+                limit = min(limit, max(entry.credit, self.ratelimit_ns))
+        if dom.cap:         # the budget is per period: end with it, or with the period
+            limit = min(limit, self._budget(dom) - dom.used_in_period, self._period_end - now)
         if until is not None:
             limit = min(limit, until - now)
         if entry.priority < PRI_BOOST:

@@ -11,6 +11,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvmm.errors import GuestStopped, SchedulerError
 from pyvmm.pv import scheduler as sched_mod
@@ -129,8 +131,9 @@ class TimerGuest:
 
 
 class Sleeper:
-    """Blocks with no deadline (only an event wakes it); each wake does ``work_ns`` and
-    blocks again, until it has been woken ``stop_after`` times."""
+    """Blocks with no deadline (only an event wakes it); each wake does ``work_ns``
+    (over several slices if need be) and blocks again, until it has been woken
+    ``stop_after`` times."""
 
     wake_deadline_ns = None
 
@@ -138,15 +141,19 @@ class Sleeper:
         self.clock = clock
         self.work_ns = work_ns
         self.stop_after = stop_after
-        self.runs = []
+        self.runs = []              # when each wake's work began
+        self.left = 0
 
     def run_slice(self, max_ns):
-        self.runs.append(self.clock.now)
-        if self.stop_after is not None and len(self.runs) > self.stop_after:
-            return 0, "stopped"
-        used = min(self.work_ns, max_ns)
+        if self.left == 0:
+            self.runs.append(self.clock.now)
+            if self.stop_after is not None and len(self.runs) > self.stop_after:
+                return 0, "stopped"
+            self.left = self.work_ns
+        used = min(self.left, max_ns)
         self.clock.advance(used)
-        return used, "blocked"
+        self.left -= used
+        return used, ("runnable" if self.left else "blocked")
 
 
 def make(**kw):
@@ -281,15 +288,15 @@ def test_deadlines_mid_slice_cut_the_spinners_slice_but_not_below_the_rate_limit
 
 
 def test_a_wake_boosts_only_a_vcpu_within_its_share():
-    clock, _, s = make()
-    light, heavy = Sleeper(clock, work_ns=MS), Sleeper(clock, work_ns=25 * MS)
+    clock, _, s = make(tslice_ms=100)                     # one 100 ms period: 33.3 ms each
+    light, heavy = Sleeper(clock, work_ns=MS), Sleeper(clock, work_ns=50 * MS)
     s.add_domain(1, [light])
     s.add_domain(2, [heavy])
-    s.add_domain(3, [Spinner(clock)])                     # 10 ms of credit each this period
-    s.run(until=28 * MS)
+    s.add_domain(3, [Spinner(clock)])
+    s.run(until=90 * MS)
     assert s.priority(light) == s.priority(heavy) == "blocked"
     assert s.wake(light) is True and s.priority(light) == "BOOST"
-    assert s.wake(heavy) is True and s.priority(heavy) == "OVER"   # used 25 of its 10 ms
+    assert s.wake(heavy) is True and s.priority(heavy) == "OVER"   # used 50 of its 33.3 ms
     assert s.wake(light) is False                          # already runnable: no second boost
     assert [d.boosts for d in s.stats().domains] == [1, 0, 0]
 
@@ -420,13 +427,17 @@ def test_removing_a_domain_while_running_drops_it_and_late_wakes_for_it():
     clock, _, s = make()
     victim = Spinner(clock)
     other = Spinner(clock, stop_at=300 * MS)
-    other.during = lambda: clock.now >= 100 * MS and 3 in {d.domid for d in s.stats().domains} \
-        and s.remove_domain(3)
+
+    def destroy_victim_after_100ms():          # e.g. a domain-destroy request mid-slice
+        if clock.now >= 100 * MS and 3 in [d.domid for d in s.stats().domains]:
+            s.remove_domain(3)
+
+    other.during = destroy_victim_after_100ms
     s.add_domain(3, [victim])
     s.add_domain(1, [other])
     assert s.run() == ALL_STOPPED
     assert [d.domid for d in s.stats().domains] == [1]
-    assert all(start < 100 * MS for start, _ in victim.slices)
+    assert victim.slices and all(start < 100 * MS for start, _ in victim.slices)
     assert s.wake(victim) is False
 
 
@@ -542,3 +553,46 @@ def test_ranges_match_xens_public_headers():
     credit = re.search(r"struct xen_domctl_sched_credit \{(.*?)\};", open(domctl).read(), re.S)
     assert credit.group(1).split() == ["uint16_t", "weight;", "uint16_t", "cap;"]
     assert sched_mod.WEIGHT_MAX == sched_mod.CAP_MAX == 2 ** 16 - 1
+
+
+# ---- invariants over random mixes -------------------------------------------------------
+
+_guest = st.one_of(
+    st.tuples(st.just("spin")),
+    st.tuples(st.just("timer"), st.integers(2, 40).map(lambda n: n * MS // 2),
+              st.integers(1, 20).map(lambda n: n * 100_000)),
+    st.tuples(st.just("sleep")),
+)
+_domain = st.tuples(_guest, st.integers(1, 2048), st.sampled_from([0, 0, 5, 25, 50, 90]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_domain, min_size=1, max_size=5))
+def test_time_is_conserved_caps_hold_spinners_get_their_share_and_light_timers_are_on_time(doms):
+    clock, _, s = make()
+    guests = []
+    for domid, ((kind, *args), weight, cap) in enumerate(doms, start=1):
+        g = {"spin": Spinner, "timer": TimerGuest, "sleep": Sleeper}[kind](clock, *args)
+        guests.append((kind, g, weight, cap))
+        s.add_domain(domid, [g], weight=weight, cap=cap)
+    assert s.run(until=SEC) == UNTIL
+    st_ = s.stats()
+    assert sum(d.ns_run for d in st_.domains) + st_.idle_ns == SEC == st_.elapsed_ns
+    total_weight = sum(w for _, _, w, _ in guests)
+    timer_load = sum(g.work_ns / g.period_ns for k, g, _, _ in guests if k == "timer")
+    for (kind, g, weight, cap), d in zip(guests, st_.domains):
+        if cap:                                           # never above cap% of any period
+            assert d.ns_run <= st_.periods * s.period_ns * cap // 100
+        if kind == "spin":                                # at least its weight's share
+            share = weight / total_weight
+            if cap:
+                share = min(share, cap / 100)
+            assert d.ns_run >= share * SEC - 3 * s.tslice_ns
+        if kind == "timer" and not cap and g.work_ns / g.period_ns < weight / total_weight / 2 \
+                and timer_load <= 0.5:              # every timer can be served on time
+            # at worst: the rest of a rate-limited slice, then each other timer's work
+            # twice (one BOOSTed run already going at the deadline, one woken with it)
+            others = sum(o.work_ns for k, o, _, _ in guests if k == "timer" and o is not g)
+            assert max(g.lateness) <= s.ratelimit_ns + 2 * others
+    if any(kind == "spin" and not cap for kind, _, _, cap in guests):
+        assert st_.idle_ns == 0                           # work-conserving
