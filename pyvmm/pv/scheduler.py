@@ -14,26 +14,24 @@ reduced to one host CPU, written afresh:
   A domain's credit is split evenly among its active vCPUs.
 - a vCPU's priority is BOOST (woken from blocked while not over its share),
   UNDER (credit >= 0) or OVER (credit < 0). The runnable vCPU of the highest
-  priority runs; within UNDER or OVER a capped domain's vCPU first (its budget is
-  lost if not used in this period, and its slices end when the budget does), then
-  round-robin (a vCPU that ran queues last); BOOSTed vCPUs in wake order. Without
-  the capped-first rule, one 30 ms slice of
-  another domain can fill a whole period and the capped domain loses periods it
-  can never make up.
-  The scheduler is work-conserving: an OVER vCPU runs whenever nobody else wants to.
-- a slice is at most one timeslice (30 ms) and ends with the accounting period,
-  where new credit may make another vCPU the better choice; an UNDER vCPU's slice
-  ends when its credit is spent (at least the rate limit), so every UNDER vCPU gets
-  its share within each period instead of one slice filling the whole period (Xen,
-  with many CPUs, does not need this); a BOOSTed vCPU gets
-  one tick (10 ms) and may cross the period end (unless capped) to finish the
-  short work it woke for; a capped domain's slice ends with its budget. It is cut short at the
-  earliest wake deadline of a blocked vCPU that will be BOOSTed (the way Xen's
-  timer wakes a vCPU and preempts the running one), but never below the rate limit
-  (1 ms), so a vCPU woken by its timer runs within one rate limit of its deadline.
+  priority runs. BOOSTed vCPUs run in wake order; within UNDER or OVER a capped
+  domain's vCPU goes first (its budget is lost if not used in this period), then
+  round-robin (a vCPU that ran queues last). The scheduler is work-conserving:
+  an OVER vCPU runs whenever nobody else wants to.
+- slices: at most one timeslice (30 ms), ending with the accounting period (new
+  credit may make another vCPU the better choice). An UNDER vCPU's slice ends
+  when its credit is spent (but lasts at least the rate limit). A BOOSTed vCPU
+  gets one tick (10 ms) and may cross the period end to finish the short work it
+  woke for. A capped domain's slice ends with its budget and with the period.
+  A slice of a vCPU that is not BOOSTed is also cut at the earliest wake deadline
+  of a blocked vCPU that will be BOOSTed (as Xen's timer wakes a vCPU that preempts the running one), but not
+  below the rate limit (1 ms): a vCPU woken by its timer runs within one rate limit
+  of its deadline.
+  Xen, with many CPUs, has neither the credit-sized UNDER slice nor the
+  capped-first rule; on one host CPU without them a single 30 ms slice fills a
+  whole period, and a capped domain loses periods it can never make up.
 - a capped domain that used cap% of the current period is *parked*: none of its
-  vCPUs starts a slice until the next period, even if the host is idle; its slices
-  are cut so they end when the budget does.
+  vCPUs starts a slice until the next period, even if the host is idle.
 - ``wake(vcpu)`` (an event arrived) makes a blocked vCPU runnable with BOOST; it
   may come from any thread. When nothing is runnable the scheduler waits on a
   ``threading.Event``-like waiter until the earliest wake deadline, the end of the
