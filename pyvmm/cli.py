@@ -61,9 +61,10 @@ def _parser():
         sp.add_argument("--stats", action="store_true", help="print exits by reason at the end")
         sp.add_argument("--exceptions", default="", help="exception bitmap: de,ud,gp,pf,bp,... or all")
         sp.add_argument("--rdtsc-exiting", action="store_true")
-        sp.add_argument("--mmu", choices=("ept", "direct"), default="ept",
-                        help="ept: the VMM's EPT-style table under the guest's (default); direct: the "
-                             "guest's tables only, CR3 loads and INVLPG exit")
+        sp.add_argument("--mmu", choices=("ept", "shadow", "direct"), default="ept",
+                        help="ept: the VMM's EPT-style table under the guest's (default); shadow: the VMM's "
+                             "shadow tables built from the guest's (CR3, INVLPG, #PF and page-table "
+                             "writes exit); direct: the guest's tables only, CR3 loads and INVLPG exit")
 
     common(sub.add_parser("boot", help="boot a kernel and show its console"), True)
     tr = sub.add_parser("trace", help="boot a kernel, printing one line per VM exit")

@@ -23,6 +23,7 @@ from pyvmm.boot.loader import load_kernel
 from pyvmm.cpu import _unicorn
 from pyvmm.cpu.cpuid import CpuidPolicy, version_word
 from pyvmm.cpu.msr import MsrTable
+from pyvmm.cpu.state import CR0_PG, EFER_LMA, EFER_LME
 from pyvmm.cpu.svm import VMEXIT_HLT, VMEXIT_INVLPG, VMEXIT_MSR, VMEXIT_SHUTDOWN, VMEXIT_VMMCALL, VMEXIT_VMRUN, \
     VMEXIT_WBINVD, intercept_bit
 from pyvmm.cpu.vcpu import Vcpu
@@ -38,12 +39,14 @@ from pyvmm.devices.sysctl import SystemControlB
 from pyvmm.errors import ConfigError
 from pyvmm.mm.dirty_log import DirtyLog
 from pyvmm.mm.ept import EptMmu, EptTable
+from pyvmm.mm.shadow import ShadowMmu, ShadowUnsupported
 from pyvmm.mm.layout import PAGE_SIZE
 from pyvmm.mm.memory import GuestMemory, parse_size
 from pyvmm.pv.hypercall import Hypercalls
 
 ALL_EXCEPTIONS = 0xFFFFFFFF
-MMU_MODES = ("ept", "direct")
+SHADOW_MIN_POOL_PAGES = 2048     # 8 MiB of shadow tables at least; more for big guests (RAM / 8)
+MMU_MODES = ("ept", "shadow", "direct")
 
 
 @dataclass
@@ -55,8 +58,10 @@ class VmConfig:
     exception_bitmap: int = 0
     rdtsc_exiting: bool = False
     # How guest memory is virtualized: "ept" (the VMM's EPT-style table walked after
-    # the guest's own; CR3 loads and INVLPG do not exit) or "direct" (no second
-    # level: the guest's tables are the engine's; CR3 loads and INVLPG exit).
+    # the guest's own; CR3 loads and INVLPG do not exit), "shadow" (the VMM's shadow
+    # tables built from the guest's: CR3 loads/reads, INVLPG, #PF and writes to guest
+    # page tables exit) or "direct" (no second level: the guest's tables are the
+    # engine's; CR3 loads and INVLPG exit; guest memory is not isolated from the VMM's).
     mmu: str = "ept"
     console: object = None          # callable(bytes); default: stdout
     stdin: bool = False             # feed the host's stdin to COM1
@@ -115,6 +120,16 @@ class Machine:
             pool = EptTable.pool_pages_for(self.memory.size) * PAGE_SIZE
             self.engine = _unicorn.Engine(self.memory, nested_pool_size=pool)
             mmu = EptMmu(EptTable(self.engine.nested_pool, self.engine.nested_pool_base), self.memory.size)
+        elif config.mmu == "shadow":
+            pages = max(SHADOW_MIN_POOL_PAGES, self.memory.size // PAGE_SIZE // 8)
+            self.engine = _unicorn.Engine(self.memory, nested_pool_size=pages * PAGE_SIZE)
+            mmu = ShadowMmu(self.engine.nested_pool, self.engine.nested_pool_base, self.memory.size)
+            e = self.boot.entry
+            try:
+                mmu.check_paging(e.cr0, e.cr4, e.efer | EFER_LMA if e.efer & EFER_LME and e.cr0 & CR0_PG else e.efer)
+            except ShadowUnsupported as err:
+                self.engine.close()
+                raise ConfigError(f"{config.kernel}: {err}") from None
         else:
             self.engine = _unicorn.Engine(self.memory)
         self.mmu = mmu
@@ -134,7 +149,7 @@ class Machine:
     def start_dirty_log(self):
         """Start logging which guest pages are written (one exit per page per round)."""
         if self.mmu is None:
-            raise ConfigError("the dirty log needs --mmu ept")
+            raise ConfigError("the dirty log needs --mmu ept or --mmu shadow")
         if self.mmu.start_dirty_log(DirtyLog(self.memory.size)):
             self.engine.flush_tlb()
 
@@ -228,10 +243,13 @@ def guest_entry(e, mmu=None):
     """The VMRUN state for a loader's EntryState: the guest's first registers and
     the intercepts pyvmm's trap model needs (all exceptions, CR0/CR4 writes, HLT,
     MSRs, WBINVD, VMMCALL, shutdown; CR3 writes and INVLPG unless an EPT-style
-    table is in use, as KVM does with EPT)."""
+    table is in use, as KVM does with EPT; with shadow tables also CR3 reads, and
+    the engine's CR3 is the shadow root)."""
     nested = mmu is not None and mmu.mode == "ept"
+    shadow = mmu is not None and mmu.mode == "shadow"
     return _unicorn.GuestEntry(
-        rip=e.rip, rsp=e.rsp, rflags=e.rflags, cr0=e.cr0, cr3=e.cr3, cr4=e.cr4, efer=e.efer,
+        rip=e.rip, rsp=e.rsp, rflags=e.rflags, cr0=e.cr0, cr3=mmu.load_cr3(e.cr3) if shadow else e.cr3,
+        cr4=e.cr4, efer=e.efer, cr_read=(1 << 3) if shadow else 0,
         gdt=(e.gdt_base, e.gdt_limit), idt=(e.idt_base, e.idt_limit),
         cs=(e.cs,) + tuple(e.code_segment), ds=(e.ds,) + tuple(e.data_segment),
         gprs={"rsi": e.rsi},

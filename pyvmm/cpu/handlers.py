@@ -15,11 +15,12 @@ was injected instead). Notes say what the handler did, for traces.
 """
 
 from pyvmm.cpu import events
-from pyvmm.cpu.exits import (CR_CLTS, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, GP, GPR_NAMES,
+from pyvmm.cpu.exits import (DB, PF, CR_CLTS, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, GP, GPR_NAMES,
                              IO_SIZE_OF_CODE, ExitReason, decode_cr_qualification, decode_intr_info)
-from pyvmm.cpu.state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_IF)
+from pyvmm.cpu.state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_IF, RFLAGS_TF)
 from pyvmm.errors import GuestFault
 from pyvmm.mm import ept
+from pyvmm.mm.shadow import ShadowUnsupported
 
 
 class Resume:
@@ -181,14 +182,28 @@ def handle_cr_access(vm, ex):
         check_cr_write(vm.cpu, cr, value)
     except GuestFault as fault:
         return _inject_fault(vm, fault, f"mov cr{cr}, {value:#x}")
-    vm.cpu.set_cr(cr, value)        # the engine flushes its TLB as the CPU would
+    try:
+        vm.cpu.set_cr(cr, value)    # the engine flushes its TLB as the CPU would
+    except ShadowUnsupported as e:
+        return Shutdown(1, str(e))
     vm.tlb.flush()
     if not vm.tracing:
         return RESUME
     return Resume(f"mov cr{cr}, {gpr} <- {value:#x}")
 
 
+def _shadow_mmu(vm):
+    """The vCPU's shadow MMU, or None in the other MMU modes."""
+    mmu = getattr(vm, "mmu", None)
+    return mmu if mmu is not None and mmu.mode == "shadow" else None
+
+
 def handle_invlpg(vm, ex):
+    if _shadow_mmu(vm) is not None:
+        dropped = vm.mmu.invlpg(ex.gla)
+        vm.flush_tlb(ex.gla)
+        return Resume(lambda: f"INVLPG {ex.gla:#x}: " + ("shadow entry and TLB entry dropped" if dropped
+                                                         else "no shadow entry; TLB entry dropped"))
     vm.flush_tlb(ex.gla)
     return Resume(lambda: f"INVLPG {ex.gla:#x}: TLB entry dropped")
 
@@ -213,9 +228,48 @@ def handle_rdtsc(vm, ex):
     return Resume(lambda: f"RDTSC -> {tsc}")
 
 
+def handle_shadow_page_fault(vm, ex):
+    """#PF under shadow paging: the shadow MMU fills the translation from the guest's
+    tables (the instruction runs again), or the fault is the guest's own and is
+    reflected, or a page-table write through itself is single-stepped (TF)."""
+    mmu = vm.mmu
+    out = mmu.on_page_fault(vm.paging(), ex.gla, ex.intr_error, vm.mem, ex.rip)
+    if out.flush:
+        vm.flush_tlb()
+    if out.kind == "stop":
+        return Shutdown(1, f"shadow MMU: {out.note} (RIP {ex.rip:#x})")
+    if out.kind == "reflect":
+        _end_shadow_step(vm)
+        fault = out.fault
+        vm.inject(events.Event(fault.vector, events.HW_EXCEPTION, fault.error_code, fault.cr2))
+    elif out.kind == "step" and mmu.step_guest_tf is None:
+        mmu.step_guest_tf = bool(vm.regs.rflags & RFLAGS_TF)
+        vm.regs.rflags |= RFLAGS_TF
+    return Resume(out.note, advance=False)
+
+
+def _end_shadow_step(vm):
+    """Finish a single-stepped page-table write; True if the guest set TF itself
+    (then the #DB is the guest's too)."""
+    mmu = vm.mmu
+    if not mmu.step_done():
+        return False
+    guest_tf, mmu.step_guest_tf = mmu.step_guest_tf, None
+    if not guest_tf:
+        vm.regs.rflags &= ~RFLAGS_TF
+    vm.flush_tlb()
+    return bool(guest_tf)
+
+
 def handle_exception(vm, ex):
     info = decode_intr_info(ex.intr_info)
     vector = info["vector"]
+    if _shadow_mmu(vm) is not None:
+        if vector == PF:
+            return handle_shadow_page_fault(vm, ex)
+        if vector == DB and vm.mmu.stepping and not _end_shadow_step(vm):
+            return Resume("single-stepped page-table write done: the shadow pages derived from it dropped",
+                          advance=False)
     error = ex.intr_error if info["error_valid"] else None
     cr2 = ex.gla if vector == 14 else None
     vm.inject(events.Event(vector, info["type"], error, cr2))

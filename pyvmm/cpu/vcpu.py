@@ -25,7 +25,7 @@ from pyvmm.cpu._unicorn import SYSCALL_HOOK_RIP_ADVANCE, OUTSIDE_EXIT, PV_CPUID,
 from pyvmm.cpu import svm
 from pyvmm.cpu.decode import cr_operands, decode, io_form, memory_operand_address, register_operand
 from pyvmm.cpu.ioperm import io_allowed
-from pyvmm.cpu.exits import (BP, CR_CLTS, GP, CR_LMSW, CR_MOV_TO, ERROR_CODE_VECTORS, OF, PF, UD, Exit, ExitReason,
+from pyvmm.cpu.exits import (BP, CR_CLTS, CR_MOV_FROM, DB, GP, CR_LMSW, CR_MOV_TO, ERROR_CODE_VECTORS, OF, PF, UD, Exit, ExitReason,
                              cr_qualification, intr_info, io_qualification, INTR_TYPE_HW_EXCEPTION,
                              INTR_TYPE_SW_EXCEPTION)
 from pyvmm.cpu.handlers import EXIT_HANDLERS, Shutdown, handle_cpuid, handle_exit
@@ -33,6 +33,7 @@ from pyvmm.cpu.state import EFER_LMA, RFLAGS_IF
 from pyvmm.errors import GuestFault, GuestMemoryError
 from pyvmm.mm import ept
 from pyvmm.mm.pagewalk import Paging, TranslationCache, read_linear
+from pyvmm.mm.shadow import ShadowedCpu
 
 _perf = time.perf_counter_ns
 _R = ExitReason
@@ -152,6 +153,7 @@ class Vcpu:
         # TLB cannot see them and is dropped whenever the guest has run.
         self.mmu = None
         self._flush_root_tlb = False
+        self._mmu_vectors = 0
         self._ticker = Ticker(engine)
         self._preempt_deadline = None
         self._window_wanted = False
@@ -342,12 +344,19 @@ class Vcpu:
                 return self._classify_ud(rip)
             err = self.engine.error_code() if vector in ERROR_CODE_VECTORS else None
             cr2 = self.engine.exit_info2() if vector == PF else None
-            if self.controls.exception_bitmap & (1 << vector):
+            if (self.controls.exception_bitmap | self._mmu_vectors) & (1 << vector):
                 return Exit(_R.EXCEPTION_NMI, cr2 or 0, rip, 0, intr_info(vector, INTR_TYPE_HW_EXCEPTION, err is not None),
                             err or 0, gla=cr2 or 0, seq=seq)
             self.inject(events.Event(vector, events.HW_EXCEPTION, err, cr2))
             self._deliver_pending()
             return None
+        if svm.VMEXIT_CR0_READ <= code < svm.VMEXIT_CR0_READ + 16:      # CR3 reads (shadow paging)
+            insn = self._insn(rip)
+            ops = cr_operands(insn) if insn is not None else None
+            if ops is None:
+                self.request_stop(1, f"cannot decode the CR read at RIP {rip:#x}")
+                return None
+            return Exit(_R.CR_ACCESS, cr_qualification(ops[0], CR_MOV_FROM, ops[1]), rip, insn.size, seq=seq)
         if svm.VMEXIT_CR0_WRITE <= code < svm.VMEXIT_CR0_WRITE + 16:
             insn = self._insn(rip)
             if insn is None:
@@ -394,8 +403,14 @@ class Vcpu:
         return Exit(_R.EPT_VIOLATION, ept.qualification(access, found), rip, 0, gpa=gpa, value=info1, seq=seq)
 
     def set_mmu(self, mmu):
+        """EPT: CR3 loads and INVLPG do not exit, so root mode's TLB is dropped at every
+        exit. Shadow: the guest's CR3 is virtual (``ShadowedCpu``), and #PF and #DB
+        always exit, for the shadow MMU to look at first."""
         self.mmu = mmu
-        self._flush_root_tlb = mmu is not None and mmu.mode == "ept"
+        mode = mmu.mode if mmu is not None else None
+        self._flush_root_tlb = mode in ("ept", "shadow")
+        self._mmu_vectors = (1 << PF) | (1 << DB) if mode == "shadow" else 0
+        self.cpu = ShadowedCpu(self.engine, mmu) if mode == "shadow" else self.engine
 
     def _classify_ud(self, rip):
         rip = self.regs.rip if rip is None else rip

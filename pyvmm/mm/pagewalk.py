@@ -33,8 +33,12 @@ class Paging:
         return cls(cpu.get_cr(0), cpu.get_cr(3), cpu.get_cr(4), cpu.efer)
 
 
-def translate(mem, paging, vaddr, write=False, user=False, fetch=False):
-    """Guest-linear ``vaddr`` -> guest-physical address, or GuestFault(#PF)."""
+def translate(mem, paging, vaddr, write=False, user=False, fetch=False, path=None):
+    """Guest-linear ``vaddr`` -> guest-physical address, or GuestFault(#PF).
+
+    With a list as ``path``, the walk appends ``(entry_address, entry)`` for every
+    paging-structure entry it reads, top level first (the shadow MMU sets accessed
+    and dirty bits through it and learns which guest frames are page tables)."""
     if not paging.cr0 & CR0_PG:
         return vaddr & 0xFFFF_FFFF
     # I/D is only reported with SMEP or PAE-format NX (SDM Vol. 3A, 4.7)
@@ -63,6 +67,8 @@ def translate(mem, paging, vaddr, write=False, user=False, fetch=False):
         except GuestMemoryError:
             # A table outside RAM reads as all ones on a PC: reserved bits are set.
             _fault(vaddr, PFEC_P | PFEC_RSVD, write, user, fetch_id)
+        if path is not None:
+            path.append((table + index * entry_size, entry))
         if not entry & PTE_P:
             _fault(vaddr, 0, write, user, fetch_id)
         if entry_size == 8 and (entry & rsvd_hi or (entry & PTE_NX and not nx_ok)
