@@ -10,6 +10,10 @@
 #   rdmsr       RDMSR IA32_KERNEL_GS_BASE             (exit 31, RDMSR)
 #   wrmsr       WRMSR IA32_KERNEL_GS_BASE             (exit 32, WRMSR)
 #   mov_to_cr3  mov %rax, %cr3 with the current CR3   (exit 28, control-register access)
+#   invlpg_touch  INVLPG a page, then load from it: one translation fill per iteration
+#               (EPT: the CPU's two-dimensional walk, no exit; shadow paging: the INVLPG
+#               exit and a #PF exit whose handler fills the shadow entry). Pages cycle
+#               over 512 x 4 KiB from 16 MiB (the guest needs at least 18 MiB of RAM).
 # The loop counter lives in r12, which no exit handler touches.
 
 	.include "macros.inc"
@@ -17,6 +21,7 @@
 IA32_KERNEL_GS_BASE = 0xC0000102
 POST_PORT = 0x80
 XEN_VERSION = 17
+TOUCH_BASE = 0x1000000
 
 	.text
 	.globl main
@@ -119,6 +124,19 @@ t_mov_to_cr3:
 	jnz 1b
 	ret
 
+t_invlpg_touch:
+	xor %ecx, %ecx
+1:	mov %ecx, %eax
+	and $511, %eax
+	shl $12, %eax
+	add $TOUCH_BASE, %rax
+	invlpg (%rax)
+	mov (%rax), %rdx
+	inc %ecx
+	dec %r12
+	jnz 1b
+	ret
+
 	.section .rodata
 	.balign 8
 tests:
@@ -129,8 +147,10 @@ tests:
 	.quad .Ln_rdmsr, t_rdmsr
 	.quad .Ln_wrmsr, t_wrmsr
 	.quad .Ln_mov_to_cr3, t_mov_to_cr3
+	.quad .Ln_invlpg_touch, t_invlpg_touch
 	.quad 0, 0
 .Ln_cpuid:      .asciz "cpuid"
+.Ln_invlpg_touch: .asciz "invlpg_touch"
 .Ln_vmcall:     .asciz "vmcall"
 .Ln_inl_pio:    .asciz "inl_pio"
 .Ln_outl_pio:   .asciz "outl_pio"

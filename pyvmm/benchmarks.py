@@ -7,6 +7,8 @@ measured in the same run.
   to CR3, which bare Unicorn does not trap at all, the floor is the SVM intercept
   with a hook that only steps over the instruction.
 - guest-speed: a compute-bound guest under pyvmm against bare Unicorn.
+- mmu: the page-table-heavy guest under EPT and under shadow paging (exits,
+  seconds), and the cost of one translation fill in each mode.
 
 Cost per event = (time of a run with N events - time of the same run with 0) / N,
 median over ``repeats`` runs, so boot and power-off are not counted.
@@ -34,9 +36,9 @@ def _sink(data):
     pass
 
 
-def run_pyvmm(kernel, cmdline, fast_paths=True, memory="64M"):
+def run_pyvmm(kernel, cmdline, fast_paths=True, memory="64M", mmu="ept"):
     """Seconds to boot ``kernel`` under pyvmm until it powers off; returns (s, machine)."""
-    m = Machine(VmConfig(kernel=kernel, cmdline=cmdline, console=_sink, memory=memory))
+    m = Machine(VmConfig(kernel=kernel, cmdline=cmdline, console=_sink, memory=memory, mmu=mmu))
     m.vcpu.fast_paths = fast_paths
     t0 = time.perf_counter()
     status, reason = m.run()
@@ -99,6 +101,41 @@ def guest_speed(iters=20_000_000, repeats=3):
     bare_s = statistics.median(run_bare(kernel, cmd) for _ in range(repeats))
     return {"pyvmm_s": round(pyvmm_s, 4), "bare_unicorn_s": round(bare_s, 4),
             "speed_vs_bare": round(bare_s / pyvmm_s, 3), "iters": iters}
+
+
+def mmu_modes(iters=20_000, fill_iters=20_000, repeats=3, modes=("ept", "shadow")):
+    """The page-table-heavy guest (guests/pgtable) under each MMU mode, and the cost
+    of one translation fill in each.
+
+    Per mode: exits (total and by reason) and seconds to power-off of pgtable with
+    ``iters`` operations (median of ``repeats``); ``fill_ns``: the cost of one
+    iteration of vmexit's invlpg_touch (INVLPG a page, load from it), boot
+    subtracted. Under EPT that is the CPU's two-dimensional walk with no exit; under
+    shadow paging an INVLPG exit plus a #PF exit that fills the shadow entry
+    (``fill_exit_ns`` is the #PF exit alone, from the exit statistics)."""
+    pgtable, vmexit = _guest("pgtable"), _guest("vmexit")
+    out = {}
+    for mode in modes:
+        runs = [run_pyvmm(pgtable, f"skip=beyond_ram iters={iters}", memory="32M", mmu=mode) for _ in range(repeats)]
+        m = runs[-1][1]
+        row = {"exits": m.vcpu.stats.total, "seconds": round(statistics.median(s for s, _ in runs), 4),
+               "exits_by_reason": {r.name: n for r, n, _ in m.vcpu.stats.rows()}}
+        if mode == "shadow":
+            row["shadow_mmu"] = dict(m.mmu.stats)
+
+        def fill_run(n):
+            return run_pyvmm(vmexit, f"test=invlpg_touch iters={n}", memory="32M", mmu=mode)[0]
+        row["fill_ns"] = round(_per_event(fill_run, fill_iters, repeats))
+        if mode == "shadow":
+            _, fm = run_pyvmm(vmexit, f"test=invlpg_touch iters={fill_iters}", memory="32M", mmu=mode)
+            row["fill_exit_ns"] = round(next(mean for r, _, mean in fm.vcpu.stats.rows() if r.name == "EXCEPTION_NMI"))
+        out[mode] = row
+    if "ept" in out and "shadow" in out:
+        out["shadow_vs_ept"] = {"exits": round(out["shadow"]["exits"] / out["ept"]["exits"], 2),
+                                "seconds": round(out["shadow"]["seconds"] / out["ept"]["seconds"], 2),
+                                "fill": round(out["shadow"]["fill_ns"] / max(out["ept"]["fill_ns"], 1), 1)}
+    out["guest"] = f"pgtable iters={iters}"
+    return out
 
 
 MARKER = b"PYVMM-INIT-OK"

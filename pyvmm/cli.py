@@ -3,7 +3,7 @@
     pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats]
     pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
     pyvmm step KERNEL [INITRD] [--break cpuid,io,...]   (commands on stdin; see stepper.py)
-    pyvmm bench exits|guest-speed|linux-boot [--json] [--iters N] [--kernel K --initrd I]
+    pyvmm bench exits|guest-speed|linux-boot|mmu|dirty-scan|storage [--json] [--iters N] [--kernel K --initrd I]
 
 Exit status: 0 when the guest powers off cleanly, 2 for bad input (a one-line
 error naming the file and the problem), otherwise non-zero with the reason.
@@ -75,7 +75,7 @@ def _parser():
     st.add_argument("--break", dest="breaks", default="",
                     help="stop only at these exits: " + ",".join(sorted(SHORT_NAMES)))
     bench = sub.add_parser("bench", help="measure exit costs or guest speed next to bare Unicorn")
-    bench.add_argument("what", choices=("exits", "guest-speed", "linux-boot", "dirty-scan", "storage"))
+    bench.add_argument("what", choices=("exits", "guest-speed", "linux-boot", "dirty-scan", "storage", "mmu"))
     bench.add_argument("--kernel", help="linux-boot: the kernel (default: scripts/fetch_kernel.py's cache)")
     bench.add_argument("--initrd", help="linux-boot: the initramfs (default: scripts/mkinitramfs.py's)")
     bench.add_argument("--json", action="store_true")
@@ -110,6 +110,21 @@ def _bench(args):
             raise PyvmmError(f"bench linux-boot: {e}")
         print(json.dumps(result) if args.json else
               f"to /init: pyvmm {result['pyvmm_s']} s, QEMU TCG {result['qemu_tcg_s']} s ({result['ratio']}x)")
+        return 0
+    if args.what == "mmu":
+        result = benchmarks.mmu_modes(iters=args.iters or 20_000, repeats=args.repeats)
+        if args.json:
+            print(json.dumps(result))
+            return 0
+        print(f"{result['guest']}:")
+        for mode in ("ept", "shadow"):
+            row = result[mode]
+            fill = f"{row['fill_ns']} ns per INVLPG+touch"
+            if "fill_exit_ns" in row:
+                fill += f" (the #PF fill exit alone {row['fill_exit_ns']} ns)"
+            print(f"  {mode:<7} {row['exits']:>7} exits {row['seconds']:>8} s   translation fill: {fill}")
+        r = result["shadow_vs_ept"]
+        print(f"  shadow/ept: {r['exits']}x exits, {r['seconds']}x time, {r['fill']}x per fill")
         return 0
     if args.what == "exits":
         result = benchmarks.exit_costs(iters=args.iters or 20_000, repeats=args.repeats)
