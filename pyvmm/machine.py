@@ -30,6 +30,7 @@ from pyvmm.cpu.vcpu import Vcpu
 from pyvmm.cpu.vmcs import VmcsControls
 from pyvmm.devices.bus import IoBus
 from pyvmm.devices.cmos import Mc146818
+from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.irq import IrqLine
 from pyvmm.devices.pic import PicPair
 from pyvmm.devices.pit import I8254
@@ -79,7 +80,8 @@ class Platform:
         self.cmos = Mc146818(time.time, ram_size)
         self.power = PowerControl(on_power)
         self.sysctl = SystemControlB(self.pit)
-        for dev in (self.pic, self.pit, self.serial, self.cmos, self.power, self.sysctl):
+        self.i8042 = I8042(IrqLine(self.pic, 1), IrqLine(self.pic, 12), on_power)
+        for dev in (self.pic, self.pit, self.serial, self.cmos, self.power, self.sysctl, self.i8042):
             self.io.register(dev)
         self._wake = threading.Event()
         self.input_attached = False

@@ -15,12 +15,8 @@ Ports and what they accept:
 - 0xCF9, reset control register (Intel ICH/PIIX4 "RST_CNT"): a write with RST_CPU
   (bit 2) set resets; Linux writes 0x06 (soft) or 0x0E (full) after 0x02. Bits 1 and
   3 (SYS_RST, FULL_RST) are stored and read back; RST_CPU reads as 0.
-- 0x64 / 0x60, i8042 keyboard controller: command 0xFE (pulse output port bit 0, the
-  CPU reset line) resets. This is no keyboard controller: status reads 0x14 (system
-  flag set, keyboard not inhibited, input and output buffers empty) so that drivers
-  waiting for "input buffer empty" go on, no command is ever answered, data reads 0.
-  (Linux's i8042 driver thus times out once reading the controller's CTR and gives up;
-  ``i8042.noaux i8042.nokbd`` or ``i8042.off`` style options avoid the wait.)
+- (The i8042's reset command 0xFE on port 0x64 is the keyboard controller's own:
+  devices/i8042.py reports it through the same ``on_power``.)
 - 0x501, QEMU's isa-debug-exit: a write of v (any size) stops the VM with exit status
   (v << 1) | 1, reported in full (the VMM truncates to 8 bits if it exits with it).
   Reads return 0.
@@ -42,10 +38,6 @@ DEFAULT_S5_SLEEP_TYPES = (0, 7)
 RESET_CONTROL = 0xCF9
 RST_CPU = 0x04
 RST_CNT_STORED = 0x0A       # SYS_RST | FULL_RST
-I8042_DATA = 0x60
-I8042_COMMAND = 0x64
-I8042_PULSE_RESET = 0xFE
-I8042_STATUS = 0x14          # SYS flag (bit 2) | keyboard unlocked (bit 4); IBF/OBF clear
 DEBUG_EXIT = 0x501
 
 
@@ -62,7 +54,7 @@ class PowerControl:
     """The power/reset ports; ``on_power(PowerEvent)`` is called for each request."""
 
     name = "power and reset control"
-    ports = (I8042_DATA, I8042_COMMAND, DEBUG_EXIT, PM1A_CNT, PM1A_CNT + 1, RESET_CONTROL)
+    ports = (DEBUG_EXIT, PM1A_CNT, PM1A_CNT + 1, RESET_CONTROL)
     io_sizes = {DEBUG_EXIT: (1, 2, 4), PM1A_CNT: (1, 2, 4)}  # the others are byte ports
 
     def __init__(self, on_power, s5_sleep_types=DEFAULT_S5_SLEEP_TYPES):
@@ -87,13 +79,11 @@ class PowerControl:
         self.pm1_control, self.reset_control = pm1, reset
 
     def io_read(self, port, size):
-        if port == I8042_COMMAND:
-            return I8042_STATUS
         if port in (PM1A_CNT, PM1A_CNT + 1):
             return (self.pm1_control & ~SLP_EN) >> (8 * (port - PM1A_CNT))
         if port == RESET_CONTROL:
             return self.reset_control
-        return 0  # i8042 data, debug exit
+        return 0  # debug exit
 
     def io_write(self, port, size, value):
         if port in (PM1A_CNT, PM1A_CNT + 1):
@@ -102,10 +92,6 @@ class PowerControl:
             self.reset_control = value & RST_CNT_STORED
             if value & RST_CPU:
                 self._report("reset", 0, f"guest reset the machine (port {port:#x} value {value & 0xFF:#04x})")
-        elif port == I8042_COMMAND:
-            if value & 0xFF == I8042_PULSE_RESET:
-                self._report("reset", 0, f"guest reset the machine (i8042 command {I8042_PULSE_RESET:#x} "
-                                         f"via port {port:#x})")
         elif port == DEBUG_EXIT:
             status = (value << 1) | 1
             self._report("exit", status, f"guest exited with status {status} "
