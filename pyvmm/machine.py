@@ -12,6 +12,7 @@ CMOS, power) on an I/O bus, and one Vcpu. From Python:
 or simply ``status, reason = m.run()``.
 """
 
+import os
 import queue
 import sys
 import threading
@@ -37,7 +38,9 @@ from pyvmm.devices.pit import I8254
 from pyvmm.devices.power import PowerControl
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sysctl import SystemControlB
-from pyvmm.errors import ConfigError
+from pyvmm.cpu.vcpu import check_vcpu_state
+from pyvmm.errors import ConfigError, MigrationStreamError
+from pyvmm.migrate import snapshot
 from pyvmm.mm.dirty_log import DirtyLog
 from pyvmm.mm.ept import EptMmu, EptTable
 from pyvmm.mm.shadow import ShadowMmu, ShadowUnsupported
@@ -101,6 +104,16 @@ class Platform:
     def wait(self, seconds):
         self._wake.wait(seconds)
         self._wake.clear()
+
+    def wake(self):
+        """End a wait() early (a pause request for a halted vCPU)."""
+        self._wake.set()
+
+    def devices(self):
+        """{name: device} of the devices whose state a snapshot carries (names of
+        docs/migration-stream.md, "VM snapshot")."""
+        return {"pic": self.pic, "pit": self.pit, "serial": self.serial, "cmos": self.cmos,
+                "power": self.power, "sysctl": self.sysctl, "i8042": self.i8042}
 
     def feed_input(self, data):
         self.serial.feed(data)
@@ -193,11 +206,73 @@ class Machine:
         self.vcpu.observers.append(fn)
 
     def run(self):
+        """Run the guest until it stops (returns and closes the VM: ``(status,
+        reason)``) or is paused (``vcpu.request_pause()``: returns None and the VM
+        stays open for save() or another run())."""
         try:
-            self.result = self.vcpu.run()
-        finally:
+            result = self.vcpu.run()
+        except BaseException:
             self.close()
+            raise
+        if self.vcpu.paused:
+            return None
+        self.result = result
+        self.close()
         return self.result
+
+    # ---- snapshots (pyvmm/migrate/snapshot.py) ----
+    def snapshot(self):
+        """The paused VM as a Snapshot (memory is guest RAM itself: write it before
+        the guest runs again)."""
+        if self.engine.uc is None:
+            raise ConfigError("cannot save a VM that has already stopped")
+        if self.vcpu._started and not self.vcpu.paused:
+            raise ConfigError("cannot save a running VM: pause it first (vcpu.request_pause())")
+        c = self.config
+        config = {"kernel": os.path.abspath(c.kernel), "initrd": c.initrd and os.path.abspath(c.initrd),
+                  "cmdline": c.cmdline, "mmu": c.mmu, "exception_bitmap": c.exception_bitmap,
+                  "rdtsc_exiting": c.rdtsc_exiting}
+        return snapshot.Snapshot(config=config, ram_size=self.memory.size, vcpus={0: self.vcpu.save()},
+                                 devices=snapshot.save_devices(self.platform.devices()),
+                                 memory=self.memory.view)
+
+    def save(self, path):
+        """Write the paused VM to ``path`` (atomically); returns the file's size in bytes."""
+        snapshot.save_file(path, self.snapshot())
+        return os.path.getsize(path)
+
+    @classmethod
+    def restore(cls, path, console=None, stdin=False):
+        """A new Machine running on from the snapshot in ``path``. The file is read and
+        checked in full before anything is built; a refused file raises
+        MigrationStreamError / MigrationError and builds nothing."""
+        return cls.from_snapshot(snapshot.load_file(path), console=console, stdin=stdin)
+
+    @classmethod
+    def from_snapshot(cls, snap, console=None, stdin=False):
+        if sorted(snap.vcpus) != [0]:
+            raise MigrationStreamError(f"snapshot: vCPU ids {sorted(snap.vcpus)}; this VMM runs one vCPU (id 0)")
+        if snap.disks or snap.grant_tables or snap.event_channels or snap.xenstore is not None:
+            raise MigrationStreamError("snapshot: carries disks or PV (grant/event channel/xenstore) state, "
+                                       "which a single-vCPU pyvmm VM does not have")
+        check_vcpu_state(snap.vcpus[0])
+        c = snap.config
+        config = VmConfig(kernel=c["kernel"], initrd=c["initrd"], cmdline=c["cmdline"], memory=str(snap.ram_size),
+                          exception_bitmap=c["exception_bitmap"], rdtsc_exiting=c["rdtsc_exiting"], mmu=c["mmu"],
+                          console=console, stdin=stdin)
+        machine = cls(config)
+        try:
+            snapshot.restore_memory(machine.memory, snap)
+            snapshot.restore_devices(machine.platform.devices(), snap.devices)
+            machine.vcpu.restore(snap.vcpus[0], entry_controls(machine.mmu))
+            if machine.mmu is not None and machine.mmu.mode == "shadow":
+                machine.mmu.reset("restored from a snapshot")
+            machine.engine.flush_translations()
+            machine.engine.flush_tlb()
+        except BaseException:
+            machine.close()
+            raise
+        return machine
 
     def exits(self):
         """Iterate over exits one at a time: the guest is suspended in the exit while
@@ -241,26 +316,33 @@ class Machine:
             self.engine.close()
 
 
-def guest_entry(e, mmu=None):
-    """The VMRUN state for a loader's EntryState: the guest's first registers and
-    the intercepts pyvmm's trap model needs (all exceptions, CR0/CR4 writes, HLT,
-    MSRs, WBINVD, VMMCALL, shutdown; CR3 writes and INVLPG unless an EPT-style
-    table is in use, as KVM does with EPT; with shadow tables also CR3 reads, and
-    the engine's CR3 is the shadow root)."""
+def entry_controls(mmu=None):
+    """The intercept controls of pyvmm's trap model for an MMU mode (see guest_entry):
+    keyword arguments of GuestEntry / Engine.resume_state."""
     nested = mmu is not None and mmu.mode == "ept"
     shadow = mmu is not None and mmu.mode == "shadow"
-    return _unicorn.GuestEntry(
-        rip=e.rip, rsp=e.rsp, rflags=e.rflags, cr0=e.cr0, cr3=mmu.load_cr3(e.cr3) if shadow else e.cr3,
-        cr4=e.cr4, efer=e.efer, cr_read=(1 << 3) if shadow else 0,
-        gdt=(e.gdt_base, e.gdt_limit), idt=(e.idt_base, e.idt_limit),
-        cs=(e.cs,) + tuple(e.code_segment), ds=(e.ds,) + tuple(e.data_segment),
-        gprs={"rsi": e.rsi},
+    return dict(
+        cr_read=(1 << 3) if shadow else 0,
         cr_write=(1 << 0) | (1 << 4) | (0 if nested else 1 << 3),
         exceptions=ALL_EXCEPTIONS,
         nested_cr3=mmu.nested_root if nested else None,
         intercepts=((0 if nested else intercept_bit(VMEXIT_INVLPG)) | intercept_bit(VMEXIT_HLT) | intercept_bit(VMEXIT_MSR)
                     | intercept_bit(VMEXIT_SHUTDOWN) | intercept_bit(VMEXIT_WBINVD)
                     | intercept_bit(VMEXIT_VMMCALL) | intercept_bit(VMEXIT_VMRUN)))
+
+
+def guest_entry(e, mmu=None):
+    """The VMRUN state for a loader's EntryState: the guest's first registers and
+    the intercepts pyvmm's trap model needs (all exceptions, CR0/CR4 writes, HLT,
+    MSRs, WBINVD, VMMCALL, shutdown; CR3 writes and INVLPG unless an EPT-style
+    table is in use, as KVM does with EPT; with shadow tables also CR3 reads, and
+    the engine's CR3 is the shadow root)."""
+    shadow = mmu is not None and mmu.mode == "shadow"
+    return _unicorn.GuestEntry(
+        rip=e.rip, rsp=e.rsp, rflags=e.rflags, cr0=e.cr0, cr3=mmu.load_cr3(e.cr3) if shadow else e.cr3,
+        cr4=e.cr4, efer=e.efer, gdt=(e.gdt_base, e.gdt_limit), idt=(e.idt_base, e.idt_limit),
+        cs=(e.cs,) + tuple(e.code_segment), ds=(e.ds,) + tuple(e.data_segment),
+        gprs={"rsi": e.rsi}, **entry_controls(mmu))
 
 
 def _stdout_console(data):

@@ -40,7 +40,7 @@ from unicorn import x86_const as X  # noqa: E402
 from unicorn.unicorn_py3 import unicorn as _ucmod  # noqa: E402
 
 from pyvmm import _exitpath  # noqa: E402
-from pyvmm.cpu import svm  # noqa: E402
+from pyvmm.cpu import msr, svm  # noqa: E402
 from pyvmm.cpu import svm as svm_mod  # noqa: E402  (for code where "svm" is a parameter)
 from pyvmm.cpu.state import DESC_B, DESC_L, CR0_PE, GPRS, SEG_NAMES, Segment, Table  # noqa: E402
 from pyvmm.errors import EngineError  # noqa: E402
@@ -83,6 +83,21 @@ _CR_INDEX = {0: 0, 2: 1, 3: 2, 4: 3}    # position in system_registers()
 _CR_REG = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3,
            4: X.UC_X86_REG_CR4, 8: X.UC_X86_REG_CR8}
 
+# VMCB fields only a resumed guest needs (AMD64 APM Vol. 2, Appendix B: Table B-1
+# offset 0x068 bit 0 INTERRUPT_SHADOW; Table B-2 offset 0x240 CR2).
+CTRL_INT_STATE = 0x068
+INT_STATE_SHADOW = 1
+SAVE_CR2 = svm.SAVE + 0x240
+
+# The MSRs the engine holds for the guest that VMRUN does not load (AMD64 APM Vol. 2,
+# 15.5.1 and VMLOAD); saved and put back by capture_state / resume_state. FS/GS base
+# travel with the segment caches, EFER with the VMCB.
+STATE_MSRS = {"star": msr.STAR, "lstar": msr.LSTAR, "cstar": msr.CSTAR, "sfmask": msr.SFMASK,
+              "kernel_gs_base": msr.KERNEL_GS_BASE, "tsc_aux": msr.TSC_AUX, "sysenter_cs": msr.SYSENTER_CS,
+              "sysenter_esp": msr.SYSENTER_ESP, "sysenter_eip": msr.SYSENTER_EIP, "pat": msr.PAT}
+STATE_SEGMENTS = SEG_NAMES + ("ldtr", "tr")     # the order of QEMU's caches (see _Layout)
+XMM_REGS = 16
+
 _SEGCACHE = struct.Struct("<IIQII")   # selector, pad, base, limit, flags (QEMU SegmentCache)
 
 _bound = False
@@ -124,14 +139,16 @@ def _new_uc():
     return uc
 
 
-def _host_stub(vmcb):
+def _host_stub(vmcb, rcx=0, rdx=0):
     """Host code run once: enable EFER.SVME, set VM_HSAVE_PA, VMRUN the guest.
+    VMRUN does not load RCX and RDX, which the stub uses for RDMSR/WRMSR: they are
+    set to the guest's values (``rcx``, ``rdx``) just before it.
 
     Hand-assembled (no assembler at run time):
         mov ecx, 0xC0000080 ; rdmsr ; or eax, 0x1000 ; wrmsr
         jmp +0              ; end the TB so VMRUN is translated with SVME set
         mov ecx, 0xC0010117 ; mov eax, HSAVE(lo) ; mov edx, HSAVE(hi) ; wrmsr
-        mov rax, VMCB ; vmrun ; hlt
+        mov rcx, rcx ; mov rdx, rdx (imm64) ; mov rax, VMCB ; vmrun ; hlt
     """
     code = b"\xb9" + struct.pack("<I", svm.MSR_EFER) + b"\x0f\x32"
     code += b"\x0d" + struct.pack("<I", svm.EFER_SVME) + b"\x0f\x30"
@@ -139,6 +156,7 @@ def _host_stub(vmcb):
     code += b"\xb9" + struct.pack("<I", svm.MSR_VM_HSAVE_PA)
     code += b"\xb8" + struct.pack("<I", HSAVE & 0xFFFFFFFF) + b"\xba" + struct.pack("<I", HSAVE >> 32)
     code += b"\x0f\x30"
+    code += b"\x48\xb9" + struct.pack("<Q", rcx) + b"\x48\xba" + struct.pack("<Q", rdx)
     code += b"\x48\xb8" + struct.pack("<Q", vmcb) + b"\x0f\x01\xd8\xf4"
     return code
 
@@ -147,7 +165,8 @@ class GuestEntry:
     """What VMRUN loads: the guest's first state and the intercept controls."""
 
     def __init__(self, *, rip, rsp, rflags, cr0, cr3, cr4, efer, gdt, idt, cs, ds, gprs=None,
-                 cr_read=0, cr_write=0, exceptions=0, intercepts=0, nested_cr3=None):
+                 cr_read=0, cr_write=0, exceptions=0, intercepts=0, nested_cr3=None,
+                 segments=None, cpl=0, cr2=0, interrupt_shadow=False):
         self.rip, self.rsp, self.rflags = rip, rsp, rflags
         self.cr0, self.cr3, self.cr4, self.efer = cr0, cr3, cr4, efer
         self.gdt, self.idt = gdt, idt          # (base, limit)
@@ -156,6 +175,10 @@ class GuestEntry:
         self.cr_read, self.cr_write = cr_read, cr_write
         self.exceptions, self.intercepts = exceptions, intercepts
         self.nested_cr3 = nested_cr3           # host-physical root of the EPT-style table, or None
+        # A resumed guest (Engine.resume_state): its own ES/SS/DS ({name: (selector,
+        # base, limit, vmcb attrib)}, overriding ``ds``), CPL, CR2 and STI/MOV SS shadow.
+        self.segments = segments or {}
+        self.cpl, self.cr2, self.interrupt_shadow = cpl, cr2, interrupt_shadow
 
 
 def _write_vmcb(uc, entry):
@@ -178,13 +201,16 @@ def _write_vmcb(uc, entry):
 
     sel, base, limit, attrib = entry.cs
     seg(svm.SEG_CS, sel, attrib, limit, base)
-    sel, base, limit, attrib = entry.ds
-    for off in (svm.SEG_ES, svm.SEG_SS, svm.SEG_DS, svm.SEG_FS, svm.SEG_GS):
+    for name, off in (("es", svm.SEG_ES), ("ss", svm.SEG_SS), ("ds", svm.SEG_DS), ("fs", svm.SEG_FS),
+                      ("gs", svm.SEG_GS)):
+        sel, base, limit, attrib = entry.segments.get(name, entry.ds)
         seg(off, sel, attrib, limit, base)
     seg(svm.SEG_GDTR, 0, 0, entry.gdt[1], entry.gdt[0])
     seg(svm.SEG_IDTR, 0, 0, entry.idt[1], entry.idt[0])
     seg(svm.SEG_TR, 0, 0x8B, 0, 0)      # an empty busy TSS until the guest loads its own
-    vmcb[svm.SAVE_CPL] = 0
+    vmcb[svm.SAVE_CPL] = entry.cpl
+    struct.pack_into("<Q", vmcb, CTRL_INT_STATE, INT_STATE_SHADOW if entry.interrupt_shadow else 0)
+    struct.pack_into("<Q", vmcb, SAVE_CR2, entry.cr2)
     struct.pack_into("<Q", vmcb, svm.SAVE_EFER, entry.efer | svm.EFER_SVME)
     struct.pack_into("<QQQ", vmcb, svm.SAVE_CR4, entry.cr4, entry.cr3, entry.cr0)
     struct.pack_into("<QQ", vmcb, svm.SAVE_RFLAGS, entry.rflags, entry.rip)
@@ -192,7 +218,7 @@ def _write_vmcb(uc, entry):
     struct.pack_into("<Q", vmcb, svm.SAVE_RAX, entry.gprs.get("rax", 0))
     struct.pack_into("<Q", vmcb, svm.SAVE_G_PAT, 0x0007040600070406)   # power-on PAT
     uc.mem_write(VMCB, bytes(vmcb))
-    uc.mem_write(STUB, _host_stub(VMCB))
+    uc.mem_write(STUB, _host_stub(VMCB, entry.gprs.get("rcx", 0), entry.gprs.get("rdx", 0)))
     _host_paging(uc)
 
 
@@ -440,6 +466,74 @@ class Engine:
         self._ctx[:] = blob
         self._commit_context()
         lib.pv_read_frame(self._v)
+
+    # ---- the whole guest CPU as plain values (VM snapshots) ----
+    def capture_state(self):
+        """The guest's CPU state as plain values, taken outside guest execution
+        (between runs): registers, control registers and EFER (CR3 as the engine
+        holds it), segment caches with their hidden parts, descriptor tables, the
+        MSRs of STATE_MSRS, CPL, the interrupt shadow, SSE registers and MXCSR."""
+        ctx = self._open_context()
+        lay = self.layout
+        cr0, _, cr2, cr3, cr4 = struct.unpack_from("<5Q", ctx, lay.cr)
+        efer = struct.unpack_from("<Q", ctx, lay.efer)[0] & ~svm.EFER_SVME
+        hflags = struct.unpack_from("<I", ctx, lay.hflags)[0]
+        segments = {}
+        for i, name in enumerate(STATE_SEGMENTS):
+            sel, _, base, limit, flags = _SEGCACHE.unpack_from(ctx, lay.segs + i * _SEGCACHE.size)
+            segments[name] = [sel, base, limit, flags]
+        regs = self.regs
+        xmm = b"".join(self.uc.reg_read(getattr(X, f"UC_X86_REG_XMM{i}")).to_bytes(16, "little")
+                       for i in range(XMM_REGS))
+        return {
+            "gprs": {name: getattr(regs, name) for name in GPRS},
+            "rip": regs.rip, "rflags": regs.rflags,
+            "cr0": cr0, "cr2": cr2, "cr3": cr3, "cr4": cr4, "efer": efer,
+            "cpl": hflags & HF_CPL_MASK, "interrupt_shadow": bool(hflags & HF_INHIBIT_IRQ),
+            "segments": segments,
+            "gdtr": list(self.get_table("gdtr")[1:3]), "idtr": list(self.get_table("idtr")[1:3]),
+            "msrs": {name: self.get_msr(index) for name, index in STATE_MSRS.items()},
+            "xmm": xmm, "mxcsr": self.uc.reg_read(X.UC_X86_REG_MXCSR),
+        }
+
+    def resume_state(self, state, *, cr3, cr_read, cr_write, exceptions, intercepts, nested_cr3):
+        """Arrange for the next run to VMRUN straight into ``state`` (a checked
+        capture_state() value) with the given intercept controls: VMRUN loads what
+        the VMCB carries (ES/CS/SS/DS, CPL, CRs, EFER, RFLAGS, RIP, RSP, RAX, the
+        interrupt shadow); FS, GS, LDTR, TR, the MSRs and SSE registers are loaded
+        into the engine first, where the host stub and VMRUN leave them alone.
+        ``cr3`` is what the engine runs on (the shadow root under shadow paging)."""
+        segs = state["segments"]
+
+        def vmcb_seg(name):
+            sel, base, limit, flags = segs[name]
+            return sel, base, limit, svm.attrib_from_flags(flags)
+
+        gdtr, idtr = state["gdtr"], state["idtr"]
+        self.enter(GuestEntry(
+            rip=state["rip"], rsp=state["gprs"]["rsp"], rflags=state["rflags"], cr0=state["cr0"], cr3=cr3,
+            cr4=state["cr4"], efer=state["efer"], gdt=(gdtr[0], gdtr[1]), idt=(idtr[0], idtr[1]),
+            cs=vmcb_seg("cs"), ds=vmcb_seg("ds"), gprs=dict(state["gprs"]),
+            segments={n: vmcb_seg(n) for n in ("es", "ss", "ds", "fs", "gs")},
+            cpl=state["cpl"], cr2=state["cr2"], interrupt_shadow=state["interrupt_shadow"],
+            cr_read=cr_read, cr_write=cr_write, exceptions=exceptions, intercepts=intercepts,
+            nested_cr3=nested_cr3))
+        ctx = self._open_context()
+        for name in ("fs", "gs", "ldtr", "tr"):
+            sel, base, limit, flags = segs[name]
+            _SEGCACHE.pack_into(ctx, self.layout.segs + STATE_SEGMENTS.index(name) * _SEGCACHE.size,
+                                sel, 0, base, limit, flags)
+        self._commit_context()
+        for name, index in STATE_MSRS.items():
+            self.uc.reg_write(X.UC_X86_REG_MSR, (index, state["msrs"][name]))
+        xmm = state["xmm"]
+        for i in range(XMM_REGS):
+            self.uc.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), int.from_bytes(xmm[16 * i:16 * i + 16], "little"))
+        self.uc.reg_write(X.UC_X86_REG_MXCSR, state["mxcsr"])
+        lib.pv_read_frame(self._v)
+        for name, value in state["gprs"].items():     # the frame is what run() writes back
+            setattr(self.regs, name, value)
+        self._sys = None
 
     def end_software_interrupt(self):
         """After an INT n / INT3 exit: clear QEMU's exception_is_int. Unicorn moves RIP

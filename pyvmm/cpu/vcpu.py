@@ -16,6 +16,7 @@ with the reason.
 """
 
 import collections
+import copy
 import threading
 import time
 
@@ -29,8 +30,10 @@ from pyvmm.cpu.exits import (BP, CR_CLTS, CR_MOV_FROM, DB, GP, CR_LMSW, CR_MOV_T
                              cr_qualification, intr_info, io_qualification, INTR_TYPE_HW_EXCEPTION,
                              INTR_TYPE_SW_EXCEPTION)
 from pyvmm.cpu.handlers import EXIT_HANDLERS, Shutdown, handle_cpuid, handle_exit
-from pyvmm.cpu.state import EFER_LMA, RFLAGS_IF
-from pyvmm.errors import GuestFault, GuestMemoryError
+from pyvmm.cpu.state import EFER_LMA, GPRS, RFLAGS_IF
+from pyvmm.cpu._unicorn import STATE_MSRS, STATE_SEGMENTS, XMM_REGS
+from pyvmm.errors import ConfigError, GuestFault, GuestMemoryError, MigrationStreamError
+from pyvmm.migrate.state import StateFields
 from pyvmm.mm import ept
 from pyvmm.mm.pagewalk import Paging, TranslationCache, read_linear
 from pyvmm.mm.shadow import ShadowedCpu
@@ -159,6 +162,9 @@ class Vcpu:
         self._window_wanted = False
         self._tsc_base = time.monotonic_ns()
         self._started = False
+        self.pause_requested = False    # request_pause(): leave run() between slices
+        self.paused = False             # run() returned on a pause request
+        self._restored_cpu = None       # restore()'s CPU state until the guest runs it
         engine.on_exit = self._on_exit
         engine.set_cpuid_table(cpuid.table())
 
@@ -483,8 +489,12 @@ class Vcpu:
         if not self._started:
             self._ticker.start()
             self._started = True
+        self.paused = False
         try:
             while not self.stopped:
+                if self.pause_requested:
+                    self.pause_requested, self.paused = False, True
+                    return None, None
                 if self.halted and not self._wait_for_interrupt():
                     break
                 self._enter()
@@ -566,7 +576,7 @@ class Vcpu:
     def _wait_for_interrupt(self):
         """HLT: sleep until an interrupt is pending. False if none can ever come."""
         pic = self.platform.pic
-        while not self.stopped:
+        while not self.stopped and not self.pause_requested:
             now = time.monotonic_ns()
             self.platform.tick(now)
             if pic.has_pending():
@@ -580,5 +590,125 @@ class Vcpu:
             self.platform.wait(wait_ns / 1e9)
         return False
 
+    # ---- the vCPU as plain values (VM snapshots; docs/migration-stream.md) ----
+    def request_pause(self):
+        """Make run() return at the next point between guest slices, with the vCPU
+        intact (``paused`` set); run() again resumes. Thread-safe."""
+        self.pause_requested = True
+        self.platform.wake()
+        self.engine.kick()
+
+    def save(self):
+        """The vCPU's state as plain values; call while run() is not running. A
+        rewind pending for a fault is applied first (as the next entry would)."""
+        if self._rewind is not None:
+            self.engine.restore_snapshot(self._rewind)
+            self._rewind = None
+        if self.engine.entered:
+            cpu = self.engine.capture_state()
+            cpu["cr3"] = self.cpu.get_cr(3)        # the guest's CR3 (not the shadow root)
+        elif self._restored_cpu is not None:       # restored, not run yet: the VMRUN it waits for
+            cpu = copy.deepcopy(self._restored_cpu)
+        else:
+            raise ConfigError("the vCPU has not entered the guest yet: there is no CPU state to save")
+        ev = self.controls.entry_event
+        c = self.controls
+        return {
+            "cpu": cpu,
+            "pending_event": None if ev is None else {
+                "vector": ev.vector, "kind": ev.kind, "error_code": ev.error_code, "cr2": ev.cr2,
+                "fault_rip": ev.fault_rip},
+            "controls": {"exception_bitmap": c.exception_bitmap, "rdtsc_exiting": c.rdtsc_exiting,
+                         "interrupt_window_exiting": c.interrupt_window_exiting,
+                         "preemption_timer_ns": c.preemption_timer_ns},
+            "halted": self.halted,
+            "tsc": self.guest_tsc(),
+        }
+
+    def restore(self, state, entry_controls):
+        """Put the vCPU of a freshly built VM into ``state`` (a ``save()`` value): all
+        of it is checked first (MigrationStreamError naming the field), then the
+        engine is set to VMRUN into it with ``entry_controls`` (the intercepts of the
+        VM's MMU mode: cr_read, cr_write, exceptions, intercepts, nested_cr3)."""
+        cpu, event, controls, halted, tsc = check_vcpu_state(state)
+        engine_cr3 = cpu["cr3"]
+        if self.mmu is not None and self.mmu.mode == "shadow":
+            try:
+                self.mmu.check_paging(cpu["cr0"], cpu["cr4"], cpu["efer"])
+            except Exception as e:
+                raise MigrationStreamError(f"vCPU state: paging mode not supported by shadow paging: {e}") from None
+            engine_cr3 = self.mmu.load_cr3(cpu["cr3"])
+        self.engine.resume_state(cpu, cr3=engine_cr3, **entry_controls)
+        self._restored_cpu = cpu
+        self.tlb.flush(None)
+        c = self.controls
+        c.exception_bitmap, c.rdtsc_exiting = controls["exception_bitmap"], controls["rdtsc_exiting"]
+        c.interrupt_window_exiting = controls["interrupt_window_exiting"]
+        c.preemption_timer_ns = controls["preemption_timer_ns"]
+        c.entry_event = None if event is None else events.Event(
+            event["vector"], event["kind"], event["error_code"], event["cr2"], event["fault_rip"])
+        self.halted = halted
+        # The guest's TSC carries on from where it was saved.
+        c.tsc_offset = 0
+        c.tsc_offset = tsc - self.guest_tsc()
+
     def close(self):
         self._ticker.stop()
+
+
+U64 = 1 << 64
+EVENT_KINDS = (events.EXTERNAL, events.NMI_KIND, events.HW_EXCEPTION, events.SW_INTERRUPT,
+               events.PRIV_SW_EXCEPTION, events.SW_EXCEPTION)
+
+
+def check_vcpu_state(state):
+    """(cpu, pending event, controls, halted, tsc) of a ``Vcpu.save()`` value, every
+    field type- and range-checked; MigrationStreamError names the first bad one."""
+    top = StateFields(state, "vCPU")
+    f = StateFields(top.raw("cpu"), "vCPU cpu")
+    cpu = {}
+    g = StateFields(f.raw("gprs"), "vCPU gprs")
+    cpu["gprs"] = {name: g.uint(name, U64) for name in GPRS}
+    g.done()
+    for name in ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "efer"):
+        cpu[name] = f.uint(name, U64)
+    cpu["cpl"] = f.uint("cpl", 4)
+    cpu["interrupt_shadow"] = f.flag("interrupt_shadow")
+    segs = StateFields(f.raw("segments"), "vCPU segments")
+    cpu["segments"] = {}
+    for name in STATE_SEGMENTS:
+        sel, base, limit, flags = _int_list(segs, name, (1 << 16, U64, 1 << 32, 1 << 32))
+        cpu["segments"][name] = [sel, base, limit, flags]
+    segs.done()
+    cpu["gdtr"] = _int_list(f, "gdtr", (U64, 1 << 16))
+    cpu["idtr"] = _int_list(f, "idtr", (U64, 1 << 16))
+    m = StateFields(f.raw("msrs"), "vCPU msrs")
+    cpu["msrs"] = {name: m.uint(name, U64) for name in STATE_MSRS}
+    m.done()
+    cpu["xmm"] = f.blob("xmm", size=16 * XMM_REGS)
+    cpu["mxcsr"] = f.uint("mxcsr", 1 << 32)
+    f.done()
+    raw_event = top.raw("pending_event")
+    event = None
+    if raw_event is not None:
+        e = StateFields(raw_event, "vCPU pending_event")
+        event = {"vector": e.uint("vector", 256), "kind": e.choice("kind", EVENT_KINDS),
+                 "error_code": e.optional_uint("error_code", 1 << 32), "cr2": e.optional_uint("cr2", U64),
+                 "fault_rip": e.optional_uint("fault_rip", U64)}
+        e.done()
+    c = StateFields(top.raw("controls"), "vCPU controls")
+    controls = {"exception_bitmap": c.uint("exception_bitmap", 1 << 32), "rdtsc_exiting": c.flag("rdtsc_exiting"),
+                "interrupt_window_exiting": c.flag("interrupt_window_exiting"),
+                "preemption_timer_ns": c.optional_uint("preemption_timer_ns", U64)}
+    c.done()
+    halted = top.flag("halted")
+    tsc = top.uint("tsc", U64)
+    top.done()
+    return cpu, event, controls, halted, tsc
+
+
+def _int_list(fields, name, limits):
+    value = fields.items(name, len(limits))
+    if len(value) != len(limits):
+        fields.fail(name, f"{len(value)} items, expected {len(limits)}")
+    return [fields._check_int(f"{name}[{i}]", v, 0, lim - 1) for i, (v, lim) in enumerate(zip(value, limits))]
