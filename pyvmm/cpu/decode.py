@@ -96,6 +96,14 @@ def cr_operands(insn):
     return None
 
 
+def memory_operand_writes(insn):
+    """True if the instruction writes its first memory operand (capstone's access flags)."""
+    for op in insn.cs_insn.operands:
+        if op.type == CX.X86_OP_MEM:
+            return bool(op.access & CX.CS_AC_WRITE) if hasattr(CX, "CS_AC_WRITE") else bool(op.access & 2)
+    return False
+
+
 def memory_operand_address(insn, regs):
     """Effective address of the first memory operand, from register values in ``regs``."""
     for op in insn.cs_insn.operands:

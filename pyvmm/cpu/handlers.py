@@ -18,7 +18,9 @@ from pyvmm.cpu import events
 from pyvmm.cpu.exits import (DB, PF, CR_CLTS, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, GP, GPR_NAMES,
                              IO_SIZE_OF_CODE, ExitReason, decode_cr_qualification, decode_intr_info)
 from pyvmm.cpu.state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_IF, RFLAGS_TF)
-from pyvmm.errors import GuestFault
+from pyvmm.cpu.decode import decode, memory_operand_address, memory_operand_writes
+from pyvmm.errors import GuestFault, GuestMemoryError
+from pyvmm.mm.pagewalk import PFEC_RSVD, translate
 from pyvmm.mm import ept
 from pyvmm.mm.shadow import ShadowUnsupported
 
@@ -216,10 +218,40 @@ def handle_ept_violation(vm, ex):
     kind = {ept.QUAL_READ: "read", ept.QUAL_WRITE: "write", ept.QUAL_FETCH: "fetch"}[access]
     found = ex.qualification >> 3 & ept.RWX      # QUAL_READABLE/WRITABLE/EXECUTABLE
     note = vm.mmu.on_violation(ex.gpa, access, found) if vm.mmu is not None else None
+    if note is None and not vm.mem.contains(ex.gpa):
+        fault = _walk_fault_beyond_ram(vm, ex)
+        if fault is not None:
+            vm.inject(events.Event(fault.vector, events.HW_EXCEPTION, fault.error_code, fault.cr2))
+            return Resume(lambda: f"EPT violation at guest-physical {ex.gpa:#x} beyond RAM was the guest's own "
+                                  f"page walk: a table there reads as all ones, #PF error code "
+                                  f"{fault.error_code:#x} injected (CR2 {fault.cr2:#x})", advance=False)
     if note is None:
         return Shutdown(1, f"EPT violation: {kind} at guest-physical {ex.gpa:#x} (RIP {ex.rip:#x}), "
                            f"permissions {ept.perms_name(found)}: no memory the guest may use there")
     return Resume(lambda: f"EPT violation ({kind} at {ex.gpa:#x}): {note}", advance=False)
+
+
+def _walk_fault_beyond_ram(vm, ex):
+    """Was this violation the guest's own page walk reading a table beyond RAM? The
+    engine cannot say (QEMU drops EXITINFO1 bit 33, "during the guest's walk"), so root
+    mode walks again: the instruction at RIP (its fetch) and its memory operand, with
+    the access the instruction makes. On a PC a table beyond RAM reads as all ones, so
+    such a walk gives #PF with RSVD; that GuestFault is returned. None if the walks
+    succeed (the access itself went beyond RAM) or cannot be redone."""
+    paging = vm.paging()
+    user = vm.cpu.cpl == 3
+    try:
+        insn = decode(vm.mem, paging, ex.rip, vm.cpu.code_bits)
+        if insn is None:
+            return None
+        linear = memory_operand_address(insn, vm.regs)
+        if linear is not None:
+            translate(vm.mem, paging, linear, write=memory_operand_writes(insn), user=user)
+    except GuestFault as fault:
+        return fault if fault.vector == 14 and fault.error_code & PFEC_RSVD else None
+    except GuestMemoryError:
+        return None
+    return None
 
 
 def handle_rdtsc(vm, ex):
