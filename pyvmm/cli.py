@@ -1,6 +1,8 @@
 """The pyvmm command line: boot, trace.
 
-    pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats]
+    pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats] [--control SOCKET]
+    pyvmm restore FILE [--stats] [--control SOCKET]    (a VM saved by `pyvmm ctl SOCKET save FILE`)
+    pyvmm ctl SOCKET status|pause|resume|save FILE|migrate HOST:PORT|info-migrate|quit
     pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
     pyvmm step KERNEL [INITRD] [--break cpuid,io,...]   (commands on stdin; see stepper.py)
     pyvmm bench exits|guest-speed|linux-boot|mmu|dirty-scan|storage [--json] [--iters N] [--kernel K --initrd I]
@@ -66,7 +68,15 @@ def _parser():
                              "shadow tables built from the guest's (CR3, INVLPG, #PF and page-table "
                              "writes exit); direct: the guest's tables only, CR3 loads and INVLPG exit")
 
-    common(sub.add_parser("boot", help="boot a kernel and show its console"), True)
+    boot = sub.add_parser("boot", help="boot a kernel and show its console")
+    common(boot, True)
+    boot.add_argument("--control", metavar="SOCKET", help="serve the control protocol on this unix socket "
+                                                          "(pyvmm ctl SOCKET ...)")
+    rs = sub.add_parser("restore", help="run on a VM saved with `pyvmm ctl SOCKET save FILE`")
+    rs.add_argument("file")
+    rs.add_argument("--stats", action="store_true", help="print exits by reason at the end")
+    rs.add_argument("--control", metavar="SOCKET", help="serve the control protocol on this unix socket")
+    sub.add_parser("ctl", help="control a VM started with --control (pyvmm ctl --help)", add_help=False)
     tr = sub.add_parser("trace", help="boot a kernel, printing one line per VM exit")
     common(tr, False)
     tr.add_argument("--json", action="store_true", help="JSON lines instead of text")
@@ -209,7 +219,29 @@ def print_stats(vcpu, out):
     out.write(f"events delivered to the guest IDT: {vcpu.events_delivered} (external interrupts {vcpu.irqs_injected})\n")
 
 
+def _run_controlled(machine, path):
+    """Run ``machine`` with a control server on ``path`` until the VM shuts down."""
+    from pyvmm.control.machine_target import MachineTarget
+    from pyvmm.control.server import ControlServer
+    target = MachineTarget(machine)
+    with ControlServer(path, target) as server:
+        target.attach(server.emit)
+        target.start()
+        try:
+            while not target.done.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            if target.status()["status"] != "shutdown":
+                target.quit()
+            return 130, "interrupted"
+    return target.result
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ctl"]:
+        from pyvmm.control.client import ctl_main
+        return ctl_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "img":
         return run_img(args)
@@ -224,7 +256,10 @@ def main(argv=None):
     if args.command in ("trace", "step") and not getattr(args, "json", False):
         console = lambda data: sys.stdout.write(data.decode(errors="replace"))  # noqa: E731
     try:
-        machine = Machine(_config(args, console))
+        if args.command == "restore":
+            machine = Machine.restore(args.file)
+        else:
+            machine = Machine(_config(args, console))
     except PyvmmError as e:
         print(f"pyvmm: {e}", file=sys.stderr)
         return 2
@@ -240,9 +275,16 @@ def main(argv=None):
             return 2
         machine.add_observer(Stepper(sys.stdin, sys.stdout, describe_exit, print_stats, breaks))
     try:
-        status, reason = machine.run()
+        if getattr(args, "control", None):
+            status, reason = _run_controlled(machine, args.control)
+        else:
+            status, reason = machine.run()
     except KeyboardInterrupt:
         status, reason = 130, "interrupted"
+    except PyvmmError as e:
+        machine.close()
+        print(f"pyvmm: {e}", file=sys.stderr)
+        return 2
     sys.stdout.flush()
     if args.stats:
         print_stats(machine.vcpu, sys.stderr)

@@ -500,8 +500,9 @@ class Engine:
         """Arrange for the next run to VMRUN straight into ``state`` (a checked
         capture_state() value) with the given intercept controls: VMRUN loads what
         the VMCB carries (ES/CS/SS/DS, CPL, CRs, EFER, RFLAGS, RIP, RSP, RAX, the
-        interrupt shadow); FS, GS, LDTR, TR, the MSRs and SSE registers are loaded
-        into the engine first, where the host stub and VMRUN leave them alone.
+        interrupt shadow); the MSRs and SSE registers are loaded into the engine
+        first, where the host stub and VMRUN leave them alone; the segment caches
+        are written once the guest is entered (VMRUN runs here, not in run()).
         ``cr3`` is what the engine runs on (the shadow root under shadow paging)."""
         segs = state["segments"]
 
@@ -518,22 +519,39 @@ class Engine:
             cpl=state["cpl"], cr2=state["cr2"], interrupt_shadow=state["interrupt_shadow"],
             cr_read=cr_read, cr_write=cr_write, exceptions=exceptions, intercepts=intercepts,
             nested_cr3=nested_cr3))
-        ctx = self._open_context()
-        for name in ("fs", "gs", "ldtr", "tr"):
-            sel, base, limit, flags = segs[name]
-            _SEGCACHE.pack_into(ctx, self.layout.segs + STATE_SEGMENTS.index(name) * _SEGCACHE.size,
-                                sel, 0, base, limit, flags)
-        self._commit_context()
         for name, index in STATE_MSRS.items():
             self.uc.reg_write(X.UC_X86_REG_MSR, (index, state["msrs"][name]))
         xmm = state["xmm"]
         for i in range(XMM_REGS):
             self.uc.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), int.from_bytes(xmm[16 * i:16 * i + 16], "little"))
         self.uc.reg_write(X.UC_X86_REG_MXCSR, state["mxcsr"])
-        lib.pv_read_frame(self._v)
-        for name, value in state["gprs"].items():     # the frame is what run() writes back
-            setattr(self.regs, name, value)
+        # VMRUN now, stopping before the guest's first instruction: root mode may
+        # deliver an event before the first run, and that must land on the guest's
+        # state, not on the host stub's (which VMRUN would then overwrite).
+        # (Not emu_start's "until": Unicorn stops there by imitating HLT, which leaves
+        # the CPU halted.) A code hook on the guest's RIP stops before it executes.
+        rip = state["rip"]
+        hook = self.uc.hook_add(unicorn.UC_HOOK_CODE, lambda uc, address, size, ud: uc.emu_stop(), None, rip, rip)
+        try:
+            self.uc.emu_start(STUB, UNTIL)
+        except unicorn.UcError as e:
+            raise EngineError(f"VMRUN into the restored state failed: {e}") from None
+        finally:
+            self.uc.hook_del(hook)
+            self.uc.ctl_flush_tb()          # no translated block keeps the hook's call
+        self._start = 0
         self._sys = None
+        lib.pv_read_frame(self._v)
+        if self.regs.rip != state["rip"] or not self.hflags() & HF_GUEST:
+            raise EngineError(f"VMRUN into the restored state stopped at {self.regs.rip:#x}, "
+                              f"not at the guest's RIP {state['rip']:#x}")
+        # Every segment cache exactly as saved: VMRUN does not load FS, GS, LDTR and
+        # TR, and rebuilds the others' flags from VMCB attributes (without limit 19:16).
+        ctx = self._open_context()
+        for i, name in enumerate(STATE_SEGMENTS):
+            sel, base, limit, flags = segs[name]
+            _SEGCACHE.pack_into(ctx, self.layout.segs + i * _SEGCACHE.size, sel, 0, base, limit, flags)
+        self._commit_context()
 
     def end_software_interrupt(self):
         """After an INT n / INT3 exit: clear QEMU's exception_is_int. Unicorn moves RIP

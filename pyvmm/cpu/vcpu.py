@@ -16,7 +16,6 @@ with the reason.
 """
 
 import collections
-import copy
 import threading
 import time
 
@@ -164,7 +163,6 @@ class Vcpu:
         self._started = False
         self.pause_requested = False    # request_pause(): leave run() between slices
         self.paused = False             # run() returned on a pause request
-        self._restored_cpu = None       # restore()'s CPU state until the guest runs it
         engine.on_exit = self._on_exit
         engine.set_cpuid_table(cpuid.table())
 
@@ -496,7 +494,7 @@ class Vcpu:
                     self.pause_requested, self.paused = False, True
                     return None, None
                 if self.halted and not self._wait_for_interrupt():
-                    break
+                    continue            # stopped, or a pause request: decided above
                 self._enter()
                 if self.stopped:
                     break
@@ -604,13 +602,10 @@ class Vcpu:
         if self._rewind is not None:
             self.engine.restore_snapshot(self._rewind)
             self._rewind = None
-        if self.engine.entered:
-            cpu = self.engine.capture_state()
-            cpu["cr3"] = self.cpu.get_cr(3)        # the guest's CR3 (not the shadow root)
-        elif self._restored_cpu is not None:       # restored, not run yet: the VMRUN it waits for
-            cpu = copy.deepcopy(self._restored_cpu)
-        else:
+        if not self.engine.entered:
             raise ConfigError("the vCPU has not entered the guest yet: there is no CPU state to save")
+        cpu = self.engine.capture_state()
+        cpu["cr3"] = self.cpu.get_cr(3)            # the guest's CR3 (not the shadow root)
         ev = self.controls.entry_event
         c = self.controls
         return {
@@ -639,7 +634,6 @@ class Vcpu:
                 raise MigrationStreamError(f"vCPU state: paging mode not supported by shadow paging: {e}") from None
             engine_cr3 = self.mmu.load_cr3(cpu["cr3"])
         self.engine.resume_state(cpu, cr3=engine_cr3, **entry_controls)
-        self._restored_cpu = cpu
         self.tlb.flush(None)
         c = self.controls
         c.exception_bitmap, c.rdtsc_exiting = controls["exception_bitmap"], controls["rdtsc_exiting"]

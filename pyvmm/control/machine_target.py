@@ -1,0 +1,145 @@
+"""The control socket's target for a running Machine: run state, pause/resume, save, quit.
+
+Responsibility: drive one Machine from the control server's thread (the
+ControlTarget protocol of pyvmm/control/commands.py). The target owns the thread
+that runs the vCPU: ``start()`` runs ``Machine.run`` there; a pause asks the vCPU
+to leave its run loop between guest slices (``Vcpu.request_pause``), which leaves
+the Machine open and consistent, so ``save`` can write it and ``resume`` can run it
+again on a new thread.
+
+Invariants:
+- the state is one of "running", "paused", "shutdown", changed only under the lock;
+  STOP, RESUME and SHUTDOWN are emitted once per change, SHUTDOWN exactly once;
+- ``save`` only writes a paused VM (a running one is refused with a message);
+- once shut down, every command but ``status`` is refused and the Machine is closed;
+- ``done`` is set when the VM has shut down (the VMM may then exit).
+"""
+
+import threading
+import time
+
+from pyvmm.errors import PyvmmError
+
+PAUSE_SOFT_S = 0.005       # a soft kick stops the guest at its next exit; after this a forced one
+PAUSE_TIMEOUT_S = 5.0
+
+
+class MachineTarget:
+    """ControlTarget for ``machine``; ``emit(event, data)`` reports state changes
+    (ControlServer.emit; set it with ``attach``)."""
+
+    def __init__(self, machine, emit=None):
+        self.machine = machine
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._state = "paused"          # until start()
+        self._thread = None
+        self._since = time.monotonic()
+        self.result = None              # (status, reason) once the guest has stopped
+        self.done = threading.Event()
+
+    def attach(self, emit):
+        self._emit = emit
+
+    def _event(self, name, data=None):
+        if self._emit is not None:
+            self._emit(name, data)
+
+    # ---- running the vCPU ----
+    def start(self):
+        """Run (or resume) the guest on a new thread."""
+        self._state = "running"
+        self._thread = threading.Thread(target=self._run, name="pyvmm-vcpu", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            result = self.machine.run()
+        except Exception as e:          # a VMM bug: report it as the end of the VM
+            result = (1, f"the VMM failed: {type(e).__name__}: {e}")
+        if result is None:
+            return                      # paused: pause() reports it
+        self._finish(result)
+
+    def _finish(self, result):
+        with self._lock:
+            if self._state == "shutdown":
+                return
+            self._state = "shutdown"
+            self.result = result
+        self.machine.close()
+        self._event("SHUTDOWN", {"reason": result[1], "status": result[0]})
+        self.done.set()
+
+    def wait(self, timeout=None):
+        """Wait until the VM has shut down; its (status, reason)."""
+        self.done.wait(timeout)
+        return self.result
+
+    # ---- ControlTarget ----
+    def status(self):
+        vcpu = self.machine.vcpu
+        return {"status": self._state, "exits": vcpu.stats.total, "uptime": round(time.monotonic() - self._since, 3)}
+
+    def _require(self, state, action):
+        if self._state != state:
+            now = "has shut down" if self._state == "shutdown" else f"is {self._state}"
+            raise PyvmmError(f"cannot {action}: the VM {now}")
+
+    def pause(self):
+        with self._lock:
+            self._require("running", "pause")
+            thread = self._thread
+        self.machine.vcpu.request_pause()
+        deadline = time.monotonic() + PAUSE_TIMEOUT_S
+        thread.join(PAUSE_SOFT_S)
+        while thread.is_alive() and time.monotonic() < deadline:
+            # a guest spinning without exits only stops for a forced kick
+            self.machine.engine.kick(force=True)
+            thread.join(PAUSE_SOFT_S)
+        if thread.is_alive():
+            raise PyvmmError(f"the vCPU did not stop within {PAUSE_TIMEOUT_S} s")
+        with self._lock:
+            if self._state == "shutdown":
+                raise PyvmmError("cannot pause: the VM shut down meanwhile")
+            self._state = "paused"
+        self._event("STOP")
+
+    def resume(self):
+        with self._lock:
+            self._require("paused", "resume")
+            self.start()
+        self._event("RESUME")
+
+    def save(self, path):
+        with self._lock:
+            self._require("paused", "save (pause it first)")
+            size = self.machine.save(path)
+        return {"file": path, "bytes": size}
+
+    def migrate(self, host, port):
+        raise PyvmmError(f"live migration of a running VM to {host}:{port} is not wired yet "
+                         "(use save and pyvmm restore)")
+
+    def info_migrate(self):
+        return {"status": "none"}
+
+    def quit(self):
+        with self._lock:
+            if self._state == "shutdown":
+                raise PyvmmError("cannot quit: the VM has already shut down")
+            running = self._state == "running"
+            thread = self._thread
+        result = (0, "quit through the control socket")
+        if running:
+            self.machine.vcpu.request_stop(*result)
+            thread.join(PAUSE_SOFT_S)
+            if thread.is_alive():
+                self.machine.engine.kick(force=True)
+            thread.join(PAUSE_TIMEOUT_S)
+            if thread.is_alive():
+                raise PyvmmError(f"the vCPU did not stop within {PAUSE_TIMEOUT_S} s")
+            if self.machine.vcpu.paused:        # a pause raced with the quit
+                self._finish(result)
+        else:
+            self._finish(result)
