@@ -2,6 +2,7 @@
 
     pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats] [--control SOCKET]
     pyvmm restore FILE [--stats] [--control SOCKET]    (a VM saved by `pyvmm ctl SOCKET save FILE`)
+    pyvmm receive --listen HOST:PORT [--stats] [--control SOCKET]   (the destination of `ctl migrate`)
     pyvmm ctl SOCKET status|pause|resume|save FILE|migrate HOST:PORT|info-migrate|quit
     pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
     pyvmm step KERNEL [INITRD] [--break cpuid,io,...]   (commands on stdin; see stepper.py)
@@ -76,6 +77,11 @@ def _parser():
     rs.add_argument("file")
     rs.add_argument("--stats", action="store_true", help="print exits by reason at the end")
     rs.add_argument("--control", metavar="SOCKET", help="serve the control protocol on this unix socket")
+    rc = sub.add_parser("receive", help="take one VM live-migrated from `pyvmm ctl SOCKET migrate` and run it")
+    rc.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the source")
+    rc.add_argument("--stats", action="store_true", help="print exits by reason at the end")
+    rc.add_argument("--control", metavar="SOCKET", help="serve the control protocol on this unix socket")
+    rc.add_argument("--timeout", type=float, default=30.0, help="seconds the source may go silent (default 30)")
     sub.add_parser("ctl", help="control a VM started with --control (pyvmm ctl --help)", add_help=False)
     tr = sub.add_parser("trace", help="boot a kernel, printing one line per VM exit")
     common(tr, False)
@@ -219,6 +225,18 @@ def print_stats(vcpu, out):
     out.write(f"events delivered to the guest IDT: {vcpu.events_delivered} (external interrupts {vcpu.irqs_injected})\n")
 
 
+def _receive(args, machine_cls):
+    """The Machine a live migration to ``args.listen`` brings (built once it arrived whole)."""
+    from pyvmm.migrate.receiver import receive
+    built = []
+    print(f"pyvmm: waiting for a migration on {args.listen}", file=sys.stderr, flush=True)
+    stats = receive(args.listen, lambda config, ram, state: built.append(machine_cls.from_migration(config, ram, state)),
+                    timeout=args.timeout)
+    print(f"pyvmm: received the VM from {stats['peer']}: {stats['pages']} pages in {stats['rounds']} rounds, "
+          f"{stats['total_time_s']} s", file=sys.stderr, flush=True)
+    return built[0]
+
+
 def _run_controlled(machine, path):
     """Run ``machine`` with a control server on ``path`` until the VM shuts down."""
     from pyvmm.control.machine_target import MachineTarget
@@ -258,6 +276,8 @@ def main(argv=None):
     try:
         if args.command == "restore":
             machine = Machine.restore(args.file)
+        elif args.command == "receive":
+            machine = _receive(args, Machine)
         else:
             machine = Machine(_config(args, console))
     except PyvmmError as e:

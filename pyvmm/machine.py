@@ -177,6 +177,12 @@ class Machine:
             self.engine.flush_tlb()
         return bitmap
 
+    def stop_dirty_log(self):
+        """Stop logging writes (pages become writable without exits again)."""
+        if self.mmu is not None and self.mmu.dirty_log is not None:
+            self.mmu.stop_dirty_log()
+            self.engine.flush_tlb()
+
     def _guest_entry(self):
         return guest_entry(self.boot.entry, self.mmu)
 
@@ -220,21 +226,32 @@ class Machine:
         self.close()
         return self.result
 
-    # ---- snapshots (pyvmm/migrate/snapshot.py) ----
-    def snapshot(self):
-        """The paused VM as a Snapshot (memory is guest RAM itself: write it before
-        the guest runs again)."""
+    # ---- snapshots (pyvmm/migrate/snapshot.py) and migration ----
+    def _check_saveable(self):
         if self.engine.uc is None:
             raise ConfigError("cannot save a VM that has already stopped")
         if self.vcpu._started and not self.vcpu.paused:
             raise ConfigError("cannot save a running VM: pause it first (vcpu.request_pause())")
+
+    def snapshot_config(self):
+        """What a VM is rebuilt from (snapshot.CONFIG_FIELDS), as plain values."""
         c = self.config
-        config = {"kernel": os.path.abspath(c.kernel), "initrd": c.initrd and os.path.abspath(c.initrd),
-                  "cmdline": c.cmdline, "mmu": c.mmu, "exception_bitmap": c.exception_bitmap,
-                  "rdtsc_exiting": c.rdtsc_exiting}
-        return snapshot.Snapshot(config=config, ram_size=self.memory.size, vcpus={0: self.vcpu.save()},
-                                 devices=snapshot.save_devices(self.platform.devices()),
-                                 memory=self.memory.view)
+        return {"kernel": os.path.abspath(c.kernel), "initrd": c.initrd and os.path.abspath(c.initrd),
+                "cmdline": c.cmdline, "mmu": c.mmu, "exception_bitmap": c.exception_bitmap,
+                "rdtsc_exiting": c.rdtsc_exiting}
+
+    def save_state(self):
+        """The paused VM's vCPU and device state as plain values (live migration's
+        device map): {"vcpu": Vcpu.save(), "devices": {name: device.save()}}."""
+        self._check_saveable()
+        return {"vcpu": self.vcpu.save(), "devices": snapshot.save_devices(self.platform.devices())}
+
+    def snapshot(self):
+        """The paused VM as a Snapshot (memory is guest RAM itself: write it before
+        the guest runs again)."""
+        state = self.save_state()
+        return snapshot.Snapshot(config=self.snapshot_config(), ram_size=self.memory.size,
+                                 vcpus={0: state["vcpu"]}, devices=state["devices"], memory=self.memory.view)
 
     def save(self, path):
         """Write the paused VM to ``path`` (atomically); returns the file's size in bytes."""
@@ -255,16 +272,37 @@ class Machine:
         if snap.disks or snap.grant_tables or snap.event_channels or snap.xenstore is not None:
             raise MigrationStreamError("snapshot: carries disks or PV (grant/event channel/xenstore) state, "
                                        "which a single-vCPU pyvmm VM does not have")
-        check_vcpu_state(snap.vcpus[0])
-        c = snap.config
-        config = VmConfig(kernel=c["kernel"], initrd=c["initrd"], cmdline=c["cmdline"], memory=str(snap.ram_size),
+        return cls._from_state(snap.config, snap.ram_size, snap.vcpus[0], snap.devices,
+                               lambda memory: snapshot.restore_memory(memory, snap), console, stdin)
+
+    @classmethod
+    def from_migration(cls, config, ram, state, console=None, stdin=False):
+        """A new Machine from what pyvmm.migrate.receiver hands over: the source's
+        snapshot_config() plus its RAM size, guest RAM (a buffer) and save_state()."""
+        config = dict(config) if isinstance(config, dict) else config
+        if not isinstance(config, dict) or not isinstance(state, dict) or set(state) != {"vcpu", "devices"}:
+            raise MigrationStreamError("migration: the config and state must be maps, the state with "
+                                       "exactly 'vcpu' and 'devices'")
+        ram_size = config.pop("ram_size", None)
+        if ram_size != len(ram):
+            raise MigrationStreamError(f"migration: config says {ram_size!r} bytes of RAM, {len(ram)} arrived")
+        snapshot.check_config(config, ram_size, "migration")
+        if not isinstance(state["devices"], dict):
+            raise MigrationStreamError("migration: the device states are not a map")
+        return cls._from_state(config, ram_size, state["vcpu"], state["devices"],
+                               lambda memory: memory.write(0, bytes(ram)), console, stdin)
+
+    @classmethod
+    def _from_state(cls, c, ram_size, vcpu_state, device_states, load_ram, console, stdin):
+        check_vcpu_state(vcpu_state)
+        config = VmConfig(kernel=c["kernel"], initrd=c["initrd"], cmdline=c["cmdline"], memory=str(ram_size),
                           exception_bitmap=c["exception_bitmap"], rdtsc_exiting=c["rdtsc_exiting"], mmu=c["mmu"],
                           console=console, stdin=stdin)
         machine = cls(config)
         try:
-            snapshot.restore_memory(machine.memory, snap)
-            snapshot.restore_devices(machine.platform.devices(), snap.devices)
-            machine.vcpu.restore(snap.vcpus[0], entry_controls(machine.mmu))
+            load_ram(machine.memory)
+            snapshot.restore_devices(machine.platform.devices(), device_states)
+            machine.vcpu.restore(vcpu_state, entry_controls(machine.mmu))
             if machine.mmu is not None and machine.mmu.mode == "shadow":
                 machine.mmu.reset("restored from a snapshot")
             machine.engine.flush_translations()
@@ -273,42 +311,6 @@ class Machine:
             machine.close()
             raise
         return machine
-
-    def exits(self):
-        """Iterate over exits one at a time: the guest is suspended in the exit while
-        the caller looks at it (registers, memory) and resumes at the next iteration."""
-        handoff = queue.Queue(maxsize=1)
-        resume = threading.Event()
-        done = object()
-
-        def observer(vcpu, ex, res, ns):
-            handoff.put((ex, res))
-            resume.wait()
-            resume.clear()
-
-        self.add_observer(observer)
-
-        def runner():
-            try:
-                self.result = self.vcpu.run()
-            finally:
-                handoff.put(done)
-
-        t = threading.Thread(target=runner, name="pyvmm-vcpu", daemon=True)
-        t.start()
-        try:
-            while True:
-                item = handoff.get()
-                if item is done:
-                    break
-                yield item[0]
-                resume.set()
-        finally:
-            if self.result is None:
-                self.vcpu.request_stop(1, "stopped by the caller")
-                resume.set()
-            t.join(5)
-            self.close()
 
     def close(self):
         if self.engine.uc is not None:
