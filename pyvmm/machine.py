@@ -312,6 +312,42 @@ class Machine:
             raise
         return machine
 
+    def exits(self):
+        """Iterate over exits one at a time: the guest is suspended in the exit while
+        the caller looks at it (registers, memory) and resumes at the next iteration."""
+        handoff = queue.Queue(maxsize=1)
+        resume = threading.Event()
+        done = object()
+
+        def observer(vcpu, ex, res, ns):
+            handoff.put((ex, res))
+            resume.wait()
+            resume.clear()
+
+        self.add_observer(observer)
+
+        def runner():
+            try:
+                self.result = self.vcpu.run()
+            finally:
+                handoff.put(done)
+
+        t = threading.Thread(target=runner, name="pyvmm-vcpu", daemon=True)
+        t.start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is done:
+                    break
+                yield item[0]
+                resume.set()
+        finally:
+            if self.result is None:
+                self.vcpu.request_stop(1, "stopped by the caller")
+                resume.set()
+            t.join(5)
+            self.close()
+
     def close(self):
         if self.engine.uc is not None:
             self.vcpu.close()
