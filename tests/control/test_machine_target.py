@@ -123,15 +123,21 @@ def _pyvmm(*args, **kw):
     return subprocess.run([sys.executable, "-m", "pyvmm.cli", *args], capture_output=True, timeout=60, **kw)
 
 
-def test_cli_boot_with_control_then_restore_carries_on(sock_path, tmp_path):
-    snap = tmp_path / "vm.snap"
+def _boot_spin_with_control(sock_path):
+    """`pyvmm boot spin --control SOCKET`, returned once the socket exists."""
     boot = subprocess.Popen([sys.executable, "-m", "pyvmm.cli", "boot", "guests/build/spin.elf",
                              "--cmdline", f"iters={SPIN_ITERS}", "--control", sock_path],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock_path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return boot
+
+
+def test_cli_boot_with_control_then_restore_carries_on(sock_path, tmp_path):
+    snap = tmp_path / "vm.snap"
+    boot = _boot_spin_with_control(sock_path)
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock_path) and time.monotonic() < deadline:
-            time.sleep(0.02)
         status = _pyvmm("ctl", sock_path, "status")
         assert status.returncode == 0 and b"status: running" in status.stdout
         assert _pyvmm("ctl", sock_path, "pause").stdout.startswith(b"paused")
@@ -165,13 +171,8 @@ def test_cli_migrate_to_pyvmm_receive(sock_path):
     port = _free_port()
     receiver = subprocess.Popen([sys.executable, "-m", "pyvmm.cli", "receive", "--listen", f"127.0.0.1:{port}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    boot = subprocess.Popen([sys.executable, "-m", "pyvmm.cli", "boot", "guests/build/spin.elf",
-                             "--cmdline", f"iters={SPIN_ITERS}", "--control", sock_path],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    boot = _boot_spin_with_control(sock_path)
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock_path) and time.monotonic() < deadline:
-            time.sleep(0.02)
         time.sleep(0.3)                 # the receiver is listening by now
         migrated = _pyvmm("ctl", sock_path, "migrate", f"127.0.0.1:{port}")
         assert migrated.returncode == 0, migrated.stderr
