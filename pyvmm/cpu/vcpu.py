@@ -6,7 +6,9 @@ the guest's execution for every trap; ``_on_exit`` classifies it into an Exit
 statistics, lets observers (trace, the lab stepper) see it, and delivers any event
 the handler queued. The run loop around ``Engine.run`` handles what happens
 between slices of guest execution: timer interrupts from the PIT through the PIC,
-the interrupt window, HLT (sleep until the next interrupt), the preemption timer.
+the interrupt window, HLT (sleep until the next interrupt), the preemption timer,
+and pause requests (run() returns between slices with the vCPU intact, for
+``save()``; ``restore()`` puts a saved vCPU into a fresh engine).
 
 Invariants: an event is delivered only at an instruction boundary outside a
 translated block (in the loop, or in an exception/intercept exit); exits taken in
@@ -35,7 +37,7 @@ from pyvmm.errors import ConfigError, GuestFault, GuestMemoryError, MigrationStr
 from pyvmm.migrate.state import StateFields
 from pyvmm.mm import ept
 from pyvmm.mm.pagewalk import Paging, TranslationCache, read_linear
-from pyvmm.mm.shadow import ShadowedCpu
+from pyvmm.mm.shadow import ShadowedCpu, ShadowUnsupported
 
 _perf = time.perf_counter_ns
 _R = ExitReason
@@ -630,7 +632,7 @@ class Vcpu:
         if self.mmu is not None and self.mmu.mode == "shadow":
             try:
                 self.mmu.check_paging(cpu["cr0"], cpu["cr4"], cpu["efer"])
-            except Exception as e:
+            except ShadowUnsupported as e:
                 raise MigrationStreamError(f"vCPU state: paging mode not supported by shadow paging: {e}") from None
             engine_cr3 = self.mmu.load_cr3(cpu["cr3"])
         self.engine.resume_state(cpu, cr3=engine_cr3, **entry_controls)
@@ -705,4 +707,7 @@ def _int_list(fields, name, limits):
     value = fields.items(name, len(limits))
     if len(value) != len(limits):
         fields.fail(name, f"{len(value)} items, expected {len(limits)}")
-    return [fields._check_int(f"{name}[{i}]", v, 0, lim - 1) for i, (v, lim) in enumerate(zip(value, limits))]
+    for i, (v, limit) in enumerate(zip(value, limits)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < limit:
+            fields.fail(f"{name}[{i}]", f"{v!r} is not an integer in 0..{limit - 1}")
+    return list(value)
