@@ -62,7 +62,7 @@ from typing import Optional
 from pyvmm.cpu.state import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA, EFER_NXE
 from pyvmm.cpu.msr import EFER
 from pyvmm.errors import GuestFault, PyvmmError
-from pyvmm.mm.pagewalk import ADDR_MASK_4K, PFEC_I, PFEC_RSVD, PFEC_U, PFEC_W, PTE_NX, PTE_P, PTE_PS, PTE_U, \
+from pyvmm.mm.pagewalk import ADDR_MASK_4K, PFEC_I, PFEC_RSVD, PFEC_U, PFEC_W, PTE_NX, PTE_P, PTE_U, \
     PTE_W, translate
 
 PAGE = 0x1000
@@ -188,8 +188,10 @@ class ShadowMmu:
         """Resolve an intercepted #PF at guest-linear ``gva`` with the engine's error
         code; ``paging`` holds the guest's own CR0/CR3/CR4/EFER, ``rip`` the faulting
         instruction's address."""
-        if not paging.cr0 & CR0_PG or not paging.efer & EFER_LMA:
-            return FaultOutcome("stop", "shadow paging needs the guest in 4-level paging (CR0.PG, EFER.LMA)")
+        try:
+            self.check_paging(paging.cr0, paging.cr4, paging.efer)
+        except ShadowUnsupported as e:
+            return FaultOutcome("stop", str(e))
         if error_code & PFEC_RSVD:
             return FaultOutcome("stop", f"reserved bit in a shadow entry for {gva:#x} (a VMM bug)")
         write, user, fetch = bool(error_code & PFEC_W), bool(error_code & PFEC_U), bool(error_code & PFEC_I)
@@ -205,7 +207,7 @@ class ShadowMmu:
             # A PC drops writes to where no memory is: the write goes to a scratch page,
             # single-stepped, and the leaf is dropped after it (reads keep seeing ones).
             try:
-                self._fill(gva, gpa, path, write, True, mem)
+                self._fill_or_reset(gva, gpa, path, write, True, mem)
             except ShadowPoolExhausted as e:
                 return FaultOutcome("stop", str(e))
             self._step_leaves.add(gva)
@@ -223,15 +225,9 @@ class ShadowMmu:
             if step:
                 self._step.add(gfn)     # before the fill, which must not protect it again
         try:
-            flush |= self._fill(gva, gpa, path, write, step, mem)
-        except ShadowPoolExhausted:
-            self._zap_all()
-            self.stats["pool_resets"] += 1
-            try:
-                self._fill(gva, gpa, path, write, step, mem)
-            except ShadowPoolExhausted as e:
-                return FaultOutcome("stop", str(e))
-            flush = True
+            flush |= self._fill_or_reset(gva, gpa, path, write, step, mem)
+        except ShadowPoolExhausted as e:
+            return FaultOutcome("stop", str(e))
         self.stats["fills"] += 1
         kind = "write" if write else "fetch" if fetch else "read"
         if step:
@@ -276,6 +272,17 @@ class ShadowMmu:
     @property
     def stepping(self):
         return bool(self._step or self._step_leaves)
+
+    def _fill_or_reset(self, gva, gpa, path, write, force_writable, mem):
+        """``_fill``; when the pool is full, drop every shadow and fill again (flush).
+        ShadowPoolExhausted only if one path does not fit in an empty pool."""
+        try:
+            return self._fill(gva, gpa, path, write, force_writable, mem)
+        except ShadowPoolExhausted:
+            self._zap_all()
+            self.stats["pool_resets"] += 1
+            self._fill(gva, gpa, path, write, force_writable, mem)
+            return True
 
     def _fill(self, gva, gpa, path, write, force_writable, mem):
         """Set A/D in the guest's entries and build the shadow path for ``gva``."""
