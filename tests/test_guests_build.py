@@ -27,6 +27,7 @@ GUESTS = {                         # name -> (ELF class, e_machine)
     "pgtable": (64, "EM_X86_64"),
     "spin": (64, "EM_X86_64"),
     "vmexit": (64, "EM_X86_64"),
+    "memdirty": (64, "EM_X86_64"),
     "hello32": (32, "EM_386"),
     "exceptions32": (32, "EM_386"),
 }
