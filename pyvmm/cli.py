@@ -64,6 +64,9 @@ def _parser():
         sp.add_argument("--stats", action="store_true", help="print exits by reason at the end")
         sp.add_argument("--exceptions", default="", help="exception bitmap: de,ud,gp,pf,bp,... or all")
         sp.add_argument("--rdtsc-exiting", action="store_true")
+        sp.add_argument("--pv", action="store_true",
+                        help="boot the kernel the Xen PV way: Xen ELF notes, start_info, console and "
+                             "xenstore rings, event channels (docs/pv-boot.md)")
         sp.add_argument("--mmu", choices=("ept", "shadow", "direct"), default="ept",
                         help="ept: the VMM's EPT-style table under the guest's (default); shadow: the VMM's "
                              "shadow tables built from the guest's (CR3, INVLPG, #PF and page-table "
@@ -167,7 +170,7 @@ def _config(args, console):
     from pyvmm.machine import VmConfig
     return VmConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=args.memory,
                     exception_bitmap=_exception_bitmap(args.exceptions), rdtsc_exiting=args.rdtsc_exiting,
-                    console=console, mmu=args.mmu,
+                    console=console, mmu=args.mmu, pv=args.pv,
                     # an interactive `boot` types into COM1; step reads its commands from stdin
                     stdin=args.command == "boot" and sys.stdin.isatty())
 

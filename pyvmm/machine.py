@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pyvmm.boot.loader import load_kernel
+from pyvmm.boot.pvboot import load_pv_kernel
 from pyvmm.cpu import _unicorn
 from pyvmm.cpu.cpuid import CpuidPolicy, version_word
 from pyvmm.cpu.msr import MsrTable
@@ -47,6 +48,7 @@ from pyvmm.mm.shadow import ShadowMmu, ShadowUnsupported
 from pyvmm.mm.layout import PAGE_SIZE
 from pyvmm.mm.memory import GuestMemory, parse_size
 from pyvmm.pv.hypercall import Hypercalls
+from pyvmm.pv.pv_platform import PvPlatform
 
 ALL_EXCEPTIONS = 0xFFFFFFFF
 SHADOW_MIN_POOL_PAGES = 2048     # 8 MiB of shadow tables at least; more for big guests (RAM / 8)
@@ -69,6 +71,9 @@ class VmConfig:
     mmu: str = "ept"
     console: object = None          # callable(bytes); default: stdout
     stdin: bool = False             # feed the host's stdin to COM1
+    # Boot the kernel the Xen PV way (boot/pvboot.py, docs/pv-boot.md): Xen ELF notes,
+    # start_info, console and xenstore rings served by domain 0, event-channel upcalls.
+    pv: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -124,7 +129,8 @@ class Machine:
     def __init__(self, config):
         self.config = config
         self.memory = GuestMemory(parse_size(config.memory))
-        self.boot = load_kernel(config.kernel, self.memory, initrd=config.initrd, cmdline=config.cmdline)
+        loader = load_pv_kernel if config.pv else load_kernel
+        self.boot = loader(config.kernel, self.memory, initrd=config.initrd, cmdline=config.cmdline)
         console = config.console or _stdout_console
         self.console = console
         self.platform = Platform(self.memory.size, console, self._on_power)
@@ -153,7 +159,13 @@ class Machine:
                          Hypercalls(version_word()), controls, console)
         self.vcpu.halt_is_poweroff = self.boot.kernel.kind == "bzimage"
         self.vcpu.set_mmu(mmu)
-        if config.rdtsc_exiting:
+        self.pv = None
+        if config.pv:
+            # Domain 0 and the guest's domain; RDTSC exits so that vcpu_time_info is exact.
+            name = os.path.splitext(os.path.basename(config.kernel))[0]
+            self.pv = PvPlatform(self.memory, self.boot, console, name=name)
+            self.vcpu.set_pv(self.pv)
+        if config.rdtsc_exiting or config.pv:
             self.engine.set_rdtsc_exiting(True)
         self.engine.enter(self._guest_entry())
         self.result = None
@@ -230,6 +242,9 @@ class Machine:
     def _check_saveable(self):
         if self.engine.uc is None:
             raise ConfigError("cannot save a VM that has already stopped")
+        if self.pv is not None:
+            raise ConfigError("cannot save a PV guest: its domains, event channels and xenstore "
+                              "are not in the snapshot format yet")
         if self.vcpu._started and not self.vcpu.paused:
             raise ConfigError("cannot save a running VM: pause it first (vcpu.request_pause())")
 

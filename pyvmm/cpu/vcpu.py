@@ -36,7 +36,8 @@ from pyvmm.cpu._unicorn import STATE_MSRS, STATE_SEGMENTS, XMM_REGS
 from pyvmm.errors import ConfigError, GuestFault, GuestMemoryError, MigrationStreamError
 from pyvmm.migrate.state import StateFields
 from pyvmm.mm import ept
-from pyvmm.mm.pagewalk import Paging, TranslationCache, read_linear
+from pyvmm.mm.layout import PAGE_SIZE
+from pyvmm.mm.pagewalk import Paging, TranslationCache, read_linear, write_linear
 from pyvmm.mm.shadow import ShadowedCpu, ShadowUnsupported
 
 _perf = time.perf_counter_ns
@@ -165,6 +166,10 @@ class Vcpu:
         self._started = False
         self.pause_requested = False    # request_pause(): leave run() between slices
         self.paused = False             # run() returned on a pause request
+        # The PV platform (pv/pv_platform.py) of a `--pv` guest, or None: with it this
+        # vCPU is the calling vCPU of pv/hypercall.py's PvVcpu protocol (vCPU 0).
+        self.pv = None
+        self.vcpu_id = 0
         engine.on_exit = self._on_exit
         engine.set_cpuid_table(cpuid.table())
 
@@ -179,6 +184,9 @@ class Vcpu:
 
     def read_linear(self, vaddr, length):
         return read_linear(self.mem, self.paging(), vaddr, length, user=self.cpu.cpl == 3, tlb=self.tlb)
+
+    def write_linear(self, vaddr, data):
+        write_linear(self.mem, self.paging(), vaddr, data, user=self.cpu.cpl == 3)
 
     def flush_tlb(self, address=None):
         """INVLPG or a CR write: the guest's TLB and root mode's are flushed."""
@@ -199,6 +207,59 @@ class Vcpu:
         if not self.stopped:
             self.stopped, self.status, self.reason = True, status, reason
         self.engine.kick()
+
+    # ---- the PvVcpu protocol (pv/hypercall.py) for a --pv guest ----
+    def set_pv(self, pv):
+        """Make this vCPU the guest domain's vCPU 0 on PV platform ``pv``."""
+        self.pv = pv
+        pv.guest.on_upcall = self._on_upcall
+
+    @property
+    def domain(self):
+        return self.pv.guest if self.pv is not None else None
+
+    @property
+    def domains(self):
+        return self.pv.domains if self.pv is not None else None
+
+    def _on_upcall(self, vcpu_id):
+        """An event became pending: inside an exit, leave guest mode so it is delivered now."""
+        if self.engine.in_exit:
+            self.engine.stop_from_exit()
+
+    def load_cr3(self, value):
+        self.cpu.set_cr(3, value)
+        self.tlb.flush()
+
+    def system_time_ns(self):
+        return self.pv.system_time_ns()
+
+    def set_timer(self, deadline_ns):
+        self.pv.set_timer(deadline_ns)
+        self._arm_timer(time.monotonic_ns())
+
+    def yield_cpu(self):
+        self.engine.stop_from_exit()        # one vCPU: the slice ends, the guest runs on
+
+    def block(self):
+        self.halted = True                  # _wait_for_interrupt: until an upcall is due
+
+    def poll(self, ports, deadline_ns):
+        self.pv.start_poll(ports, deadline_ns)
+        self.halted = True
+
+    def frames_removed(self, gfns):
+        """Ballooned-out frames: gone from the EPT-style table (a later access stops the VM)."""
+        if self.mmu is not None and self.mmu.mode == "ept":
+            for gfn in gfns:
+                self.mmu.table.unmap(gfn * PAGE_SIZE, PAGE_SIZE)
+        self.flush_tlb()
+
+    def frames_added(self, gfns):
+        if self.mmu is not None and self.mmu.mode == "ept":
+            for gfn in gfns:
+                self.mmu.table.map(gfn * PAGE_SIZE, PAGE_SIZE, ept.RWX, large=False)
+        self.flush_tlb()
 
     # ---- the exit path ----
     def _on_exit(self, kind, a, b, c):
@@ -515,6 +576,8 @@ class Vcpu:
                                    and not self.observers)
         now = time.monotonic_ns()
         self.platform.tick(now)
+        if self.pv is not None:
+            self.pv.tick(now)
         if self.controls.entry_event is not None:
             self._deliver_pending()
         else:
@@ -526,15 +589,22 @@ class Vcpu:
     def _arm_timer(self, now):
         """Arm the host timer for the earliest of: the next PIT edge, the preemption
         timer, and (while an interrupt waits for IF=1) a poll of the window."""
-        deadline = self.platform.next_deadline(now)
+        deadline = self._device_deadline(now)
         for d in (self._preempt_deadline, now + WINDOW_POLL_NS if self._window_wanted else None):
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
         self._ticker.arm(deadline)
 
+    def _device_deadline(self, now):
+        """The next PIT edge or PV timer/poll deadline (host ns), or None."""
+        deadline = self.platform.next_deadline(now)
+        pv = self.pv.next_deadline() if self.pv is not None else None
+        return pv if deadline is None or (pv is not None and pv < deadline) else deadline
+
     def _inject_irq(self):
         pic = self.platform.pic
-        if not pic.has_pending():
+        upcall = self.pv.upcall_vector() if self.pv is not None else None
+        if not pic.has_pending() and upcall is None:
             self._close_window()
             return
         if self.regs.rflags & RFLAGS_IF and not self.engine.interrupt_shadow:
@@ -543,9 +613,14 @@ class Vcpu:
                 self._loop_exit(_R.INTERRUPT_WINDOW)
                 if self.stopped:
                     return
-            vector = pic.acknowledge()
+            if pic.has_pending():
+                vector = pic.acknowledge()
+                self.irqs_injected += 1
+            else:                       # the PV upcall (pv_platform.py: Xen's callback vector)
+                vector = upcall
+                self.pv.upcalls += 1
+                self.pv.update_time(self.vcpu_id, self.guest_tsc())
             self.inject(events.Event(vector, events.EXTERNAL))
-            self.irqs_injected += 1
             self._deliver_pending()
         elif not self._window_wanted:
             # Watch instruction by instruction (a fresh budget per window) ...
@@ -570,19 +645,25 @@ class Vcpu:
         elif self._ticker.fired:
             self._ticker.fired = False
             self.platform.tick(now)
-            if self.platform.pic.has_pending() and not self._window_wanted:
+            upcall = self.pv is not None and self.pv.tick(now)
+            if (self.platform.pic.has_pending() or upcall) and not self._window_wanted:
                 self._loop_exit(_R.EXTERNAL_INTERRUPT)
 
     def _wait_for_interrupt(self):
         """HLT: sleep until an interrupt is pending. False if none can ever come."""
         pic = self.platform.pic
+        pv = self.pv
         while not self.stopped and not self.pause_requested:
             now = time.monotonic_ns()
             self.platform.tick(now)
-            if pic.has_pending():
+            if pv is not None:
+                pv.tick(now)
+            if pic.has_pending() or (pv is not None and pv.wakes(now)):
+                if pv is not None:
+                    pv.update_time(self.vcpu_id, self.guest_tsc())
                 self.halted = False
                 return True
-            deadline = self.platform.next_deadline(now)
+            deadline = self._device_deadline(now)
             if deadline is None and not self.platform.can_wake():
                 self.request_stop(1, "guest halted with no interrupt source armed: nothing can wake it")
                 return False

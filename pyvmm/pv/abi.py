@@ -58,6 +58,7 @@ LAYOUT_MODULES = {
     "pyvmm.devices.blkif": "xen/io/blkif.h",
     "pyvmm.devices.netif": "xen/io/netif.h",
     "pyvmm.pv.xs_wire": "xen/io/xs_wire.h",
+    "pyvmm.pv.console": "xen/io/console.h",
 }
 
 
@@ -165,10 +166,11 @@ __HYPERVISOR_vcpu_op = 24
 __HYPERVISOR_mmuext_op = 26
 __HYPERVISOR_sched_op = 29
 __HYPERVISOR_event_channel_op = 32
+__HYPERVISOR_hvm_op = 34
 _register_globals(_XEN_H, "__HYPERVISOR_mmu_update __HYPERVISOR_memory_op __HYPERVISOR_multicall "
                   "__HYPERVISOR_set_timer_op __HYPERVISOR_xen_version __HYPERVISOR_console_io "
                   "__HYPERVISOR_grant_table_op __HYPERVISOR_vcpu_op __HYPERVISOR_mmuext_op "
-                  "__HYPERVISOR_sched_op __HYPERVISOR_event_channel_op")
+                  "__HYPERVISOR_sched_op __HYPERVISOR_event_channel_op __HYPERVISOR_hvm_op")
 
 DOMID_FIRST_RESERVED = 0x7FF0
 DOMID_SELF = 0x7FF0
@@ -246,6 +248,37 @@ start_info = _struct("start_info_t", _XEN_H, [
     ("pt_base", ulong), ("nr_pt_frames", ulong), ("mfn_list", ulong), ("mod_start", ulong),
     ("mod_len", ulong), ("cmd_line", Array(u8, MAX_GUEST_CMDLINE)),
     ("first_p2m_pfn", ulong), ("nr_p2m_frames", ulong)])
+
+
+# --- hvm/hvm_op.h, hvm/params.h: the event-channel upcall vector ---------------------
+_HVM_OP_H = "xen/hvm/hvm_op.h"
+HVMOP_set_param, HVMOP_get_param = 0, 1
+_register_globals(_HVM_OP_H, "HVMOP_set_param HVMOP_get_param")
+xen_hvm_param = _struct("xen_hvm_param_t", _HVM_OP_H, [
+    ("domid", domid_t), ("pad", u16), ("index", u32), ("value", u64)])
+
+_HVM_PARAMS_H = "xen/hvm/params.h"
+HVM_PARAM_CALLBACK_IRQ = 0
+HVM_PARAM_CALLBACK_TYPE_GSI, HVM_PARAM_CALLBACK_TYPE_PCI_INTX, HVM_PARAM_CALLBACK_TYPE_VECTOR = 0, 1, 2
+HVM_PARAM_CALLBACK_TYPE_SHIFT = 56      # params.h: "val[63:56]" is the delivery type
+_register_globals(_HVM_PARAMS_H, "HVM_PARAM_CALLBACK_IRQ HVM_PARAM_CALLBACK_TYPE_GSI "
+                  "HVM_PARAM_CALLBACK_TYPE_PCI_INTX HVM_PARAM_CALLBACK_TYPE_VECTOR")
+
+# --- elfnote.h: the notes a PV kernel carries (name "Xen", one PT_NOTE) ---------------
+_ELFNOTE_H = "xen/elfnote.h"
+XEN_ELFNOTE_INFO, XEN_ELFNOTE_ENTRY, XEN_ELFNOTE_HYPERCALL_PAGE, XEN_ELFNOTE_VIRT_BASE = 0, 1, 2, 3
+XEN_ELFNOTE_PADDR_OFFSET, XEN_ELFNOTE_XEN_VERSION, XEN_ELFNOTE_GUEST_OS = 4, 5, 6
+XEN_ELFNOTE_GUEST_VERSION, XEN_ELFNOTE_LOADER, XEN_ELFNOTE_PAE_MODE = 7, 8, 9
+XEN_ELFNOTE_FEATURES, XEN_ELFNOTE_BSD_SYMTAB, XEN_ELFNOTE_HV_START_LOW = 10, 11, 12
+XEN_ELFNOTE_L1_MFN_VALID, XEN_ELFNOTE_SUSPEND_CANCEL, XEN_ELFNOTE_INIT_P2M = 13, 14, 15
+XEN_ELFNOTE_MOD_START_PFN, XEN_ELFNOTE_SUPPORTED_FEATURES, XEN_ELFNOTE_PHYS32_ENTRY = 16, 17, 18
+_register_globals(_ELFNOTE_H, "XEN_ELFNOTE_INFO XEN_ELFNOTE_ENTRY XEN_ELFNOTE_HYPERCALL_PAGE "
+                  "XEN_ELFNOTE_VIRT_BASE XEN_ELFNOTE_PADDR_OFFSET XEN_ELFNOTE_XEN_VERSION "
+                  "XEN_ELFNOTE_GUEST_OS XEN_ELFNOTE_GUEST_VERSION XEN_ELFNOTE_LOADER "
+                  "XEN_ELFNOTE_PAE_MODE XEN_ELFNOTE_FEATURES XEN_ELFNOTE_BSD_SYMTAB "
+                  "XEN_ELFNOTE_HV_START_LOW XEN_ELFNOTE_L1_MFN_VALID XEN_ELFNOTE_SUSPEND_CANCEL "
+                  "XEN_ELFNOTE_INIT_P2M XEN_ELFNOTE_MOD_START_PFN XEN_ELFNOTE_SUPPORTED_FEATURES "
+                  "XEN_ELFNOTE_PHYS32_ENTRY")
 
 
 # --- grant_table.h ------------------------------------------------------------------

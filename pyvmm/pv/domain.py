@@ -18,8 +18,8 @@ Invariants:
 
 Upcalls: when an event becomes pending for a vCPU, the event-channel code calls
 ``domain.on_upcall(vcpu_id)`` (set by the VMM, which injects the interrupt when
-``vcpu_info.evtchn_upcall_mask`` allows); a domain without a callback only gets the
-bits in shared_info. A foreign mapping into a guest's RAM is realised by the VMM
+``vcpu_info.evtchn_upcall_mask`` allows, through the IDT vector the guest registered
+in ``upcall_vector``); a domain without a callback only gets the bits in shared_info. A foreign mapping into a guest's RAM is realised by the VMM
 through ``domain.on_foreign_map(mapping)``/``on_foreign_unmap(mapping)``.
 """
 
@@ -95,6 +95,9 @@ class Domain:
         self.on_upcall = None
         self.on_foreign_map = None
         self.on_foreign_unmap = None
+        # HVMOP_set_param(HVM_PARAM_CALLBACK_IRQ) of type VECTOR: the IDT vector the VMM
+        # delivers upcalls through (None: the guest only sees the bits in shared_info).
+        self.upcall_vector = None
         self._private_shared_info = bytearray(PAGE_SIZE)
         self.shared_info_gfn = None
         self.grant_table = GrantTable(self, grant_frames, max_maptrack)

@@ -24,6 +24,10 @@ Invariants:
 - a ``vm`` without a PV domain (``vm.domain`` absent or None: a guest booted without
   the PV platform) gets -ENOSYS for every hypercall that needs one.
 
+Upcalls: hvm_op(HVMOP_set_param, HVM_PARAM_CALLBACK_IRQ) with the VECTOR delivery type
+names the IDT vector the VMM injects when an event is pending for the vCPU (Xen's
+"callback vector" ABI, hvm/params.h); the value is kept in ``domain.upcall_vector``.
+
 Not provided (-ENOSYS): CONSOLEIO_read (the vCPU has no console input to give),
 XENVER_build_id, SCHEDOP_remote_shutdown, shutdown_code and watchdog. Shutdown
 reasons suspend and soft_reset are refused with -EINVAL (pyvmm cannot resume a
@@ -48,6 +52,7 @@ HYPERVISOR_grant_table_op = abi.__HYPERVISOR_grant_table_op
 HYPERVISOR_mmuext_op = abi.__HYPERVISOR_mmuext_op
 HYPERVISOR_sched_op = abi.__HYPERVISOR_sched_op
 HYPERVISOR_event_channel_op = abi.__HYPERVISOR_event_channel_op
+HYPERVISOR_hvm_op = abi.__HYPERVISOR_hvm_op
 XENVER_version = abi.XENVER_version
 CONSOLEIO_write = abi.CONSOLEIO_write
 SCHEDOP_shutdown = abi.SCHEDOP_shutdown
@@ -58,6 +63,7 @@ POLL_MAX_PORTS = 128                       # Xen refuses longer SCHEDOP_poll lis
 TIMER_FAR_NS = 1 << 50                     # ~13 days: further is a guest's wrapped deadline
 TIMER_FALLBACK_NS = 100_000_000            # such a deadline fires in 100 ms instead
 MASK64 = (1 << 64) - 1
+UPCALL_VECTOR_MIN = 0x10                   # vectors 0..15 are exceptions: not an upcall vector
 _U32 = 0xFFFF_FFFF
 
 DEFAULT_FEATURES = (abi.XENFEAT_supervisor_mode_kernel, abi.XENFEAT_mmu_pt_update_preserve_ad)
@@ -158,6 +164,7 @@ class Hypercalls:
             HYPERVISOR_mmuext_op: ("mmuext_op", self.mmuext_op, True),
             HYPERVISOR_sched_op: ("sched_op", self.sched_op, False),
             HYPERVISOR_event_channel_op: ("event_channel_op", self.event_channel_op, True),
+            HYPERVISOR_hvm_op: ("hvm_op", self.hvm_op, True),
         }
 
     def name(self, number):
@@ -310,6 +317,44 @@ class Hypercalls:
         if deadline < 0 or deadline - now >= TIMER_FAR_NS:
             deadline = now + TIMER_FALLBACK_NS
         vm.set_timer(deadline)
+        return 0
+
+    # --- hvm_op: the upcall vector ------------------------------------------------------
+
+    def hvm_op(self, vm, cmd, arg, *_):
+        """HVMOP_set_param / HVMOP_get_param of HVM_PARAM_CALLBACK_IRQ for the caller.
+
+        Only the vector delivery type exists (a PV guest here has no GSI or PCI INTx):
+        ``value = HVM_PARAM_CALLBACK_TYPE_VECTOR << 56 | vector`` with a vector of
+        0x10..0xFF; value 0 turns upcalls off. Other parameters give -EINVAL, another
+        domain -EPERM (only domain 0 may set them for others), other commands -ENOSYS.
+        """
+        cmd &= _U32
+        if cmd not in (abi.HVMOP_set_param, abi.HVMOP_get_param):
+            return _err(ENOSYS)
+        layout = abi.xen_hvm_param
+        raw = vm.read_linear(arg, layout.size)
+        op = layout.unpack(raw)
+        target = vm.domain.resolve(op["domid"])
+        if target is None:
+            return _err(abi.ESRCH)
+        if target is not vm.domain and not vm.domain.privileged:
+            return _err(abi.EPERM)
+        if op["index"] != abi.HVM_PARAM_CALLBACK_IRQ:
+            return _err(EINVAL)
+        if cmd == abi.HVMOP_get_param:
+            vector = target.upcall_vector
+            value = 0 if vector is None else abi.HVM_PARAM_CALLBACK_TYPE_VECTOR << abi.HVM_PARAM_CALLBACK_TYPE_SHIFT | vector
+            vm.write_linear(arg, layout.pack(domid=op["domid"], index=op["index"], value=value))
+            return 0
+        value = op["value"]
+        if value == 0:
+            target.upcall_vector = None
+            return 0
+        kind, vector = value >> abi.HVM_PARAM_CALLBACK_TYPE_SHIFT, value & ((1 << abi.HVM_PARAM_CALLBACK_TYPE_SHIFT) - 1)
+        if kind != abi.HVM_PARAM_CALLBACK_TYPE_VECTOR or not UPCALL_VECTOR_MIN <= vector <= 0xFF:
+            return _err(EINVAL)
+        target.upcall_vector = vector
         return 0
 
     # --- the concepts with their own module ----------------------------------------------
