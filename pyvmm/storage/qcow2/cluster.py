@@ -81,10 +81,40 @@ class ClusterMap:
             return 0
         e = table[gci & self.l2_mask]
         if e & self._not_plain == COPIED:
-            self._note_plain(gci, e & OFFSET_MASK)
+            self.note_plain(gci, e & OFFSET_MASK)
         return e
 
-    def _note_plain(self, gci, host):
+    def plain_run(self, gci, count):
+        """Host offset of guest cluster ``gci`` if clusters gci..gci+count-1 are plain
+        COPIED data clusters at consecutive host offsets inside the file, else -1.
+
+        One slice comparison per L2 table the run touches (not a Python step per
+        cluster): the entries must equal ``first, first + cs, ...`` exactly, which
+        also proves every one of them has no reserved, zero or compressed bit.
+        """
+        cs, bits, mask = self.cs, self.l2_bits, self.l2_mask
+        first = expect = -1
+        while count > 0:
+            off, table = self.l2(gci >> bits)
+            if table is None:
+                return -1
+            i = gci & mask
+            n = min(count, mask + 1 - i)
+            e = table[i]
+            if e & self._not_plain != COPIED or (expect >= 0 and e != expect):
+                return -1
+            if n > 1 and table[i:i + n] != array("Q", range(e, e + n * cs, cs)):
+                return -1
+            if first < 0:
+                first = e & OFFSET_MASK
+            expect = e + n * cs
+            gci += n
+            count -= n
+        if first < cs or (expect & OFFSET_MASK) > self.f.size:
+            return -1
+        return first
+
+    def note_plain(self, gci, host):
         if self.cs <= host and host + self.cs <= self.f.size:
             if len(self.plain) >= PLAIN_LIMIT:
                 self.plain.clear()
@@ -111,7 +141,7 @@ class ClusterMap:
         self.cache.mark_dirty(off, table)
         self.plain.pop(gci, None)
         if value & self._not_plain == COPIED:
-            self._note_plain(gci, value & OFFSET_MASK)
+            self.note_plain(gci, value & OFFSET_MASK)
 
     def flush(self):
         """Write dirty L2 tables, then the L1 table; True if anything was written."""

@@ -14,8 +14,11 @@ Invariants:
   old one is freed after the new mapping is on disk (refcount.py);
 - ``flush``: refcount blocks, barrier, L2 tables and L1, barrier, then the freed
   clusters' refcounts, barrier. So a crash at any point leaks at worst;
-- the v3 dirty bit is set (and autoclear bits cleared) before the first change and
-  cleared on a clean close; images with the corrupt bit, internal snapshots, or dirty
+- the v3 dirty bit is set (and autoclear bits cleared) before the first metadata
+  change (an allocation, a discard, a resize) and cleared on a clean close; an
+  overwrite of allocated clusters changes no metadata and leaves it alone;
+- a request whose guest range maps to host-contiguous plain clusters is one
+  pread/pwrite (``_run_start``); anything else walks the map cluster run by run; images with the corrupt bit, internal snapshots, or dirty
   with lazy refcounts open read-only only.
 """
 import os
@@ -32,6 +35,8 @@ from pyvmm.storage.qcow2.refcount import PackedCodec, Refcounts
 from pyvmm.storage.raw import HostFile
 
 DEFAULT_CACHE_BYTES = 4 << 20
+_pread, _pwrite = os.pread, os.pwrite   # the fast paths call these once a request
+_DICT_RUN = 4      # runs up to this many clusters are checked in ClusterMap.plain first
 
 
 class Qcow2Image(DiskImage):
@@ -74,6 +79,9 @@ class Qcow2Image(DiskImage):
             self.backing = open_image(self.backing_path(), h.backing_format or None, True, chain)
         # An L2 entry a read can serve with one pread: none of these bits set.
         self._special = COMPRESSED | L2_RESERVED | ZERO | (cs - 1)
+        self._cmask = cs - 1
+        self._plain = self.map.plain       # the same dict object for the image's life
+        self._fd = f.fd
         self._dirty_marked = False
         self._compressed_tail = 0      # next free byte in the cluster holding compressed data
         self._last_compressed = (None, None)
@@ -88,35 +96,43 @@ class Qcow2Image(DiskImage):
         return os.path.join(os.path.dirname(os.path.abspath(self._f.path)), name)
 
     # -- reading -----------------------------------------------------------------
-    def _plain_run(self, offset, length):
-        """Host offset of [offset, offset+length) if it is mapped to contiguous host
-        clusters with plain COPIED entries (see ClusterMap.plain), else -1."""
-        plain = self.map.plain
+    def _run_start(self, offset, length):
+        """Host offset of the cluster holding guest byte ``offset`` if guest bytes
+        [offset, offset+length) lie in plain COPIED data clusters that are contiguous
+        on the host (one pread/pwrite serves them), else -1. A single cluster is looked
+        up in ClusterMap.plain (inlined in read/write, the 4 KiB path); a longer run is
+        checked a whole L2 slice at a time (ClusterMap.plain_run)."""
         cb = self.cluster_bits
         gci = offset >> cb
+        count = ((offset + length - 1) >> cb) - gci + 1
+        plain = self._plain
         host = plain.get(gci, -1)
-        if host < 0:
-            return -1
-        for k in range(1, ((offset + length - 1) >> cb) - gci + 1):
-            if plain.get(gci + k) != host + (k << cb):
-                return -1
-        return host + (offset & (self.cs - 1))
+        if count <= _DICT_RUN and host >= 0:
+            for k in range(1, count):
+                if plain.get(gci + k) != host + (k << cb):
+                    break
+            else:
+                return host
+        elif count == 1:
+            return host
+        host = self.map.plain_run(gci, count)
+        if 0 <= host and count <= _DICT_RUN:   # small runs repeat: remember their clusters
+            for k in range(count):
+                self.map.note_plain(gci + k, host + (k << cb))
+        return host
 
     def read(self, offset, length):
-        if not self.closed and offset >= 0 and length > 0 and offset + length <= self.size:
-            inoff = offset & (self.cs - 1)
-            if inoff + length <= self.cs:
-                host = self.map.plain.get(offset >> self.cluster_bits)
-                if host is not None:
-                    data = os.pread(self._f.fd, length, host + inoff)
-                    if len(data) == length:
-                        return data
-            else:
-                host = self._plain_run(offset, length)
-                if host >= 0:
-                    data = os.pread(self._f.fd, length, host)
-                    if len(data) == length:
-                        return data
+        if offset >= 0 and length > 0 and offset + length <= self.size and not self.closed:
+            inoff = offset & self._cmask
+            try:     # a subscript, not dict.get: this is the per-request cost of 4 KiB reads
+                host = self._plain[offset >> self.cluster_bits] if inoff + length <= self.cs \
+                    else self._run_start(offset, length)
+            except KeyError:
+                host = -1
+            if host >= 0:
+                data = _pread(self._fd, length, host + inoff)
+                if len(data) == length:
+                    return data
             return self._read(offset, length)
         return DiskImage.read(self, offset, length)
 
@@ -138,7 +154,7 @@ class Qcow2Image(DiskImage):
                 table_end = ((gci >> m.l2_bits) + 1) << (m.l2_bits + cb)
             e = table[gci & m.l2_mask] if table is not None else 0
             if e & m._not_plain == COPIED:
-                m._note_plain(gci, e & OFFSET_MASK)
+                m.note_plain(gci, e & OFFSET_MASK)
             if e & COMPRESSED:
                 out.append(["c", (e, inoff), n])
                 pos += n
@@ -223,11 +239,14 @@ class Qcow2Image(DiskImage):
         return (e & (self._special | COPIED)) == COPIED and e & OFFSET_MASK >= self.cs
 
     def write(self, offset, data):
+        # An overwrite of allocated plain clusters changes no metadata: one pwrite,
+        # and no dirty bit (it says refcounts may be stale, qcow2.rst).
         n = len(data)
-        if self._dirty_marked and not self.closed and offset >= 0 and n and offset + n <= self.size:
-            host = self._plain_run(offset, n)
+        if offset >= 0 and n and offset + n <= self.size and not self.closed and not self.readonly:
+            host = self._run_start(offset, n)
             if host >= 0:
-                if os.pwrite(self._f.fd, data, host) == n:
+                host += offset & self._cmask
+                if _pwrite(self._fd, data, host) == n:
                     return
                 return self._f.pwrite(host, data)
         return DiskImage.write(self, offset, data)
@@ -235,7 +254,6 @@ class Qcow2Image(DiskImage):
     def _write(self, offset, data):
         cb, cs = self.cluster_bits, self.cs
         n = len(data)
-        self._mark_dirty()
         view = memoryview(data).cast("B")
         pos, end = offset, offset + n
         while pos < end:
@@ -256,6 +274,7 @@ class Qcow2Image(DiskImage):
                 self._f.pwrite(host, view[pos - offset:run_end - offset])
                 pos = run_end
             else:
+                self._mark_dirty()
                 last = (end - 1) >> cb
                 k = 1
                 while gci + k <= last and not self._in_place(self.map.entry(gci + k)):
