@@ -163,7 +163,7 @@ class Machine:
         if config.pv:
             # Domain 0 and the guest's domain; RDTSC exits so that vcpu_time_info is exact.
             name = os.path.splitext(os.path.basename(config.kernel))[0]
-            self.pv = PvPlatform(self.memory, self.boot, console, name=name)
+            self.pv = PvPlatform(self.memory, self.boot, console, name=name, tsc=self.vcpu.guest_tsc)
             self.vcpu.set_pv(self.pv)
         if config.rdtsc_exiting or config.pv:
             self.engine.set_rdtsc_exiting(True)

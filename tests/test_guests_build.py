@@ -28,13 +28,14 @@ GUESTS = {                         # name -> (ELF class, e_machine)
     "spin": (64, "EM_X86_64"),
     "vmexit": (64, "EM_X86_64"),
     "memdirty": (64, "EM_X86_64"),
+    "pvguest": (64, "EM_X86_64"),
     "hello32": (32, "EM_386"),
     "exceptions32": (32, "EM_386"),
 }
 
 pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("as", "ld", "make")),
-    reason="needs GNU as, ld and make to build the guests",
+    any(shutil.which(tool) is None for tool in ("as", "ld", "make", "gcc")),
+    reason="needs GNU as, ld, make and gcc (the PV guest is C) to build the guests",
 )
 
 

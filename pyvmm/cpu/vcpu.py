@@ -619,7 +619,7 @@ class Vcpu:
             else:                       # the PV upcall (pv_platform.py: Xen's callback vector)
                 vector = upcall
                 self.pv.upcalls += 1
-                self.pv.update_time(self.vcpu_id, self.guest_tsc())
+                self.pv.update_time(self.vcpu_id)
             self.inject(events.Event(vector, events.EXTERNAL))
             self._deliver_pending()
         elif not self._window_wanted:
@@ -660,7 +660,7 @@ class Vcpu:
                 pv.tick(now)
             if pic.has_pending() or (pv is not None and pv.wakes(now)):
                 if pv is not None:
-                    pv.update_time(self.vcpu_id, self.guest_tsc())
+                    pv.update_time(self.vcpu_id)
                 self.halted = False
                 return True
             deadline = self._device_deadline(now)

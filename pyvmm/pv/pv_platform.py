@@ -49,9 +49,11 @@ class PvPlatform:
     """Domain 0 and guest ``name`` (domid 1) on ``memory`` as ``boot`` (a PvBootInfo) laid it out."""
 
     def __init__(self, memory, boot, console_write, name="pvguest", clock=time.monotonic_ns,
-                 wallclock=time.time_ns):
+                 wallclock=time.time_ns, tsc=None):
         self.clock = clock
         self.boot_ns = clock()
+        # The vCPU's TSC (Vcpu.guest_tsc); without a vCPU, 2 x system time.
+        self.tsc = tsc or (lambda: TSC_PER_NS * self.system_time_ns())
         lay = boot.layout
         self.domains = DomainTable()
         self.dom0 = self.domains.add(Domain(0, name="Domain-0", privileged=True))
@@ -107,14 +109,15 @@ class PvPlatform:
         _U32.pack_into(si, off["wc_sec_hi"], sec >> 32)
         _U32.pack_into(si, off["wc_version"], version + 2)
 
-    def update_time(self, vcpu_id, tsc=None):
+    def update_time(self, vcpu_id):
         """Refresh vcpu_info.time (version odd while it changes, as Xen does)."""
+        tsc = self.tsc()
         now = self.system_time_ns()
         si = self.guest.shared_info()
         base = vcpu_id * abi.vcpu_info.size + _TIME
         odd = (_U32.unpack_from(si, base)[0] + 1) | 1
         abi.vcpu_time_info.pack_into(si, base, {
-            "version": odd, "tsc_timestamp": TSC_PER_NS * now if tsc is None else tsc,
+            "version": odd, "tsc_timestamp": tsc,
             "system_time": now, "tsc_to_system_mul": TSC_TO_SYSTEM_MUL, "tsc_shift": 0})
         _U32.pack_into(si, base, odd + 1)
 
