@@ -126,6 +126,53 @@ uint64_t ds_compare_hashes(const uint8_t *ram, uint64_t *hashes, uint64_t npages
     return n;
 }
 
+/* 1 if the page (page_size % 32 == 0) holds only zero bytes. Four words a step,
+ * stopping at the first step that finds a non-zero byte. */
+static inline int page_is_zero(const uint8_t *page, uint64_t page_size)
+{
+    for (uint64_t i = 0; i < page_size; i += 32) {
+        if (load64(page + i) | load64(page + i + 8) | load64(page + i + 16) | load64(page + i + 24))
+            return 0;
+    }
+    return 1;
+}
+
+uint64_t ds_nonzero_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size, uint8_t *nonzero)
+{
+    uint64_t n = 0;
+    memset(nonzero, 0, (size_t)((npages + 7) / 8));
+    for (uint64_t p = 0; p < npages; p++) {
+        if (!page_is_zero(ram + p * page_size, page_size)) {
+            nonzero[p >> 3] |= (uint8_t)(1u << (p & 7));
+            n++;
+        }
+    }
+    return n;
+}
+
+uint64_t ds_gather_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size,
+                         const uint64_t *pfns, uint64_t n, uint8_t *enc, uint32_t *len,
+                         uint8_t *data)
+{
+    uint64_t out = 0;
+    for (uint64_t i = 0; i < n; i++)
+        if (pfns[i] >= npages)
+            return UINT64_MAX;
+    for (uint64_t i = 0; i < n; i++) {
+        const uint8_t *page = ram + pfns[i] * page_size;
+        if (page_is_zero(page, page_size)) {
+            enc[i] = DS_PAGE_ZERO;
+            len[i] = 0;
+        } else {
+            enc[i] = DS_PAGE_RAW;
+            len[i] = (uint32_t)page_size;
+            memcpy(data + out, page, (size_t)page_size);
+            out += page_size;
+        }
+    }
+    return out;
+}
+
 static inline int put_uleb(uint8_t *out, uint64_t *pos, uint64_t limit, uint64_t v)
 {
     do {

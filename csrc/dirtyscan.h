@@ -27,6 +27,10 @@
 #define DS_HASH_FOLD 59ULL                      /* 2^64 mod DS_HASH_PRIME */
 #define DS_XBZRLE_MIN_SKIP 3
 
+/* Page encodings of the migration stream's MEMORY record (docs/migration-stream.md) */
+#define DS_PAGE_RAW 0
+#define DS_PAGE_ZERO 1
+
 /* XBZRLE decode errors (negative return values of ds_xbzrle_decode) */
 #define DS_ERR_TRUNCATED (-1)   /* a length or the literal bytes run past the delta */
 #define DS_ERR_OVERRUN (-2)     /* the runs add up to more than the page */
@@ -57,6 +61,18 @@ void ds_hash_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size, uint
 /* Like ds_compare_pages, against per-page hashes; update != 0 stores new hashes. */
 uint64_t ds_compare_hashes(const uint8_t *ram, uint64_t *hashes, uint64_t npages,
                            uint64_t page_size, uint8_t *changed, int update);
+
+/* The zero-page check: set bit p of nonzero (zeroed first) for each of the npages
+ * pages of ram that holds a byte other than 0. Returns the number of such pages. */
+uint64_t ds_nonzero_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size, uint8_t *nonzero);
+
+/* Gather pages pfns[0..n) of ram (npages pages) for a MEMORY record: an all-zero page
+ * gets enc[i] = DS_PAGE_ZERO and len[i] = 0; any other enc[i] = DS_PAGE_RAW,
+ * len[i] = page_size and its bytes are appended to data (room for n pages).
+ * Returns the bytes appended, or UINT64_MAX (nothing written) if a pfn is >= npages. */
+uint64_t ds_gather_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size,
+                         const uint64_t *pfns, uint64_t n, uint8_t *enc, uint32_t *len,
+                         uint8_t *data);
 
 /* Encode new against old (len bytes each) into out[0..limit). Returns the delta
  * length, or -1 if it would be longer than limit (send the page raw instead). */

@@ -14,6 +14,11 @@ encode a changed page as a small delta against the copy last sent:
   one little-endian integer modulo the prime 2^64 - 59; two different pages share
   a hash only if the prime divides their difference, so a changed page can be
   missed with a chance of about 2^-64. Use the copy where that is not acceptable.
+- ``nonzero_pages(ram)``: the zero-page check, the pages that hold a non-zero byte
+  (a snapshot writes only those);
+- ``gather_pages(ram, pfns)``: a batch of pages as the MEMORY record carries them:
+  each page's encoding (ZERO for an all-zero page, else RAW), its data length, and
+  the bytes of the RAW pages one after another;
 - ``xbzrle_encode`` / ``xbzrle_decode``: QEMU's XBZRLE idea (runs of unchanged and
   changed bytes, give up when the delta is larger than a limit); the wire format is
   in csrc/dirtyscan.h and docs/migration-stream.md.
@@ -52,6 +57,7 @@ BACKENDS = ("c", "python")
 HASH_PRIME = 2 ** 64 - 59          # DS_HASH_PRIME
 XBZRLE_MIN_SKIP = 3                # DS_XBZRLE_MIN_SKIP
 ERR_TRUNCATED, ERR_OVERRUN, ERR_EMPTY_RUN, ERR_BAD_LENGTH = -1, -2, -3, -4
+PAGE_RAW, PAGE_ZERO = 0, 1         # DS_PAGE_RAW, DS_PAGE_ZERO: stream.PageEncoding's numbers
 XBZRLE_ERRORS = {
     ERR_TRUNCATED: "a run length or the bytes of a run go past the end of the delta",
     ERR_OVERRUN: "the runs add up to more than the page",
@@ -140,6 +146,23 @@ class PythonKernels:
                 if update:
                     hashes[p] = h
         return out
+
+    def nonzero_pages(self, ram, npages, page_size):
+        zero = bytes(page_size)
+        return array("Q", (p for p in range(npages)
+                           if ram[p * page_size:(p + 1) * page_size] != zero))
+
+    def gather_pages(self, ram, npages, page_size, pfns):
+        zero = bytes(page_size)
+        enc, lengths, data = bytearray(len(pfns)), array("I", bytes(4 * len(pfns))), bytearray()
+        for i, pfn in enumerate(pfns):
+            page = ram[pfn * page_size:(pfn + 1) * page_size]
+            if page == zero:
+                enc[i] = PAGE_ZERO
+            else:
+                lengths[i] = page_size
+                data += page
+        return bytes(enc), lengths, data
 
     def xbzrle_encode(self, old, new, limit):
         n = len(new)
@@ -233,6 +256,20 @@ class CKernels:
                                    npages, page_size, ffi.from_buffer(changed), 1 if update else 0)
         return self._changed(changed)
 
+    def nonzero_pages(self, ram, npages, page_size):
+        bitmap = bytearray((npages + 7) // 8)
+        self.lib.ds_nonzero_pages(self.ffi.from_buffer(ram), npages, page_size, self.ffi.from_buffer(bitmap))
+        return self._changed(bitmap)
+
+    def gather_pages(self, ram, npages, page_size, pfns):
+        ffi, n = self.ffi, len(pfns)
+        enc, lengths, data = bytearray(n), array("I", bytes(4 * n)), bytearray(n * page_size)
+        used = self.lib.ds_gather_pages(ffi.from_buffer(ram), npages, page_size,
+                                        ffi.from_buffer("uint64_t[]", pfns), n, ffi.from_buffer(enc),
+                                        ffi.from_buffer("uint32_t[]", lengths), ffi.from_buffer(data))
+        del data[used:]
+        return bytes(enc), lengths, data
+
     def xbzrle_encode(self, old, new, limit):
         limit = min(limit, 2 * len(new) + 16)   # no delta is longer: each pair carries >= 1 byte
         out = bytearray(limit)
@@ -315,6 +352,22 @@ class DirtyScanner:
             raise MigrationError(f"page hashes: expected array('Q') of {npages} entries, got "
                                  f"{type(hashes).__name__} of {len(hashes)}")
         return self.kernels.changed_pages_by_hash(ram, hashes, npages, self.page_size, update)
+
+    def nonzero_pages(self, ram):
+        """Ascending numbers of the pages of ``ram`` that hold a non-zero byte."""
+        ram, npages = self._ram(ram)
+        return self.kernels.nonzero_pages(ram, npages, self.page_size)
+
+    def gather_pages(self, ram, pfns):
+        """Pages ``pfns`` (an ``array('Q')``) of ``ram`` as a MEMORY record carries them:
+        (encodings: bytes, PAGE_ZERO or PAGE_RAW each; lengths: ``array('I')``, 0 or the
+        page size; data: bytearray, the RAW pages' bytes in order)."""
+        ram, npages = self._ram(ram)
+        if not isinstance(pfns, array) or pfns.typecode != "Q":
+            raise MigrationError(f"gather_pages: page numbers must be array('Q'), got {type(pfns).__name__}")
+        if pfns and max(pfns) >= npages:
+            raise MigrationError(f"gather_pages: page {max(pfns):#x} is outside the {npages}-page RAM")
+        return self.kernels.gather_pages(ram, npages, self.page_size, pfns)
 
     def xbzrle_encode(self, old, new, limit=None):
         """Delta turning ``old`` into ``new`` (equal lengths), or None if it would be

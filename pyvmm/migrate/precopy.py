@@ -30,18 +30,20 @@ Invariants:
 
 import socket
 import time
+from array import array
 from typing import Protocol
 
 from pyvmm.errors import MigrationError
 from pyvmm.migrate import session
 from pyvmm.migrate.dirty_scan import DirtyScanner
-from pyvmm.migrate.stream import MemoryRecord, StreamWriter, encode_page
+from pyvmm.migrate import stream
 from pyvmm.mm.layout import PAGE_SIZE
 
 DEFAULT_MAX_DOWNTIME = 0.300     # seconds; QEMU's default downtime-limit (300 ms)
 DEFAULT_MAX_ROUNDS = 5           # Xen libxc: 5 pre-copy iterations, then stop-and-copy
-_ENTRY_BYTES = 13                # a MEMORY page entry's header (pfn, encoding, length)
-BATCH_PAGES = 256                # pages a MEMORY record (1 MiB of raw pages at most)
+_ENTRY_BYTES = stream.ENTRY_BYTES   # a MEMORY page entry's pfn, encoding and length
+BATCH_PAGES = 512                # pages a MEMORY record (2 MiB of raw pages at most)
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 class SourceVm(Protocol):
@@ -126,27 +128,38 @@ class _PreCopy:
     # --- one round -----------------------------------------------------------------
 
     def _send_pages(self, pfns, throttle):
-        """Send ``pfns`` in MEMORY records; (wire bytes, seconds) of the round."""
+        """Send ``pfns`` (an array('Q')) in MEMORY records; (wire bytes, seconds) of the round."""
         start, t0 = self.sink.sent, time.monotonic()
-        ram, last = self.ram, self.last_sent
-        delta = last is not None and self.round > 1     # round 1 is every page's first copy
+        delta = self.last_sent is not None and self.round > 1    # round 1 is every page's first copy
         for i in range(0, len(pfns), BATCH_PAGES):
-            batch = []
-            for pfn in pfns[i:i + BATCH_PAGES]:
-                o = pfn * PAGE_SIZE
-                data = ram[o:o + PAGE_SIZE].tobytes()      # one copy: the guest may write on
-                if delta:
-                    batch.append(encode_page(pfn, data, last[o:o + PAGE_SIZE], self.scanner))
-                else:
-                    batch.append(encode_page(pfn, data))
-                if last is not None:
-                    last[o:o + PAGE_SIZE] = data
-            self.writer.write(MemoryRecord(tuple(batch)))
+            batch = pfns[i:i + BATCH_PAGES]
+            self.writer.write(self._deltas(batch) if delta else self._copies(batch))
             if throttle and self.max_bandwidth:
                 ahead = (self.sink.sent - start) / self.max_bandwidth - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
         return self.sink.sent - start, time.monotonic() - t0
+
+    def _copies(self, pfns):
+        """A MEMORY record of ``pfns`` as ZERO or RAW pages (one copy each: the guest may
+        write on), gathered by the scanner; the last-sent copy follows when kept."""
+        record = stream.MemoryRecord.batch(pfns, *self.scanner.gather_pages(self.ram, pfns))
+        last = self.last_sent
+        if last is not None:
+            for pfn, enc, page in record.entries():
+                o = pfn * PAGE_SIZE
+                last[o:o + PAGE_SIZE] = page if enc == stream.PageEncoding.RAW else _ZERO_PAGE
+        return record
+
+    def _deltas(self, pfns):
+        """A MEMORY record of ``pfns`` with XBZRLE deltas against the last-sent copy where shorter."""
+        ram, last, pages = self.ram, self.last_sent, []
+        for pfn in pfns:
+            o = pfn * PAGE_SIZE
+            data = ram[o:o + PAGE_SIZE].tobytes()
+            pages.append(stream.encode_page(pfn, data, last[o:o + PAGE_SIZE], self.scanner))
+            last[o:o + PAGE_SIZE] = data
+        return stream.MemoryRecord(pages)
 
     def _round(self, pfns, final):
         self.round += 1
@@ -178,14 +191,14 @@ class _PreCopy:
     def run(self):
         t_start = time.monotonic()
         self.phase = "stream header"
-        self.writer = StreamWriter(self.sink)
+        self.writer = stream.StreamWriter(self.sink)
         self.writer.write(session.control(session.BEGIN, protocol=session.PROTOCOL, page_size=PAGE_SIZE,
                                           page_count=self.pages, config=self.vm.config()))
         self.phase = "pre-copy"
         self.vm.start_dirty_log()
         self.dirty_logging = True
         self.last_read = time.monotonic()
-        pfns = range(self.pages)
+        pfns = array("Q", range(self.pages))
         while True:
             nbytes, seconds = self._round(pfns, final=False)
             t_read = time.monotonic()

@@ -26,8 +26,7 @@ import time
 from pyvmm.errors import MigrationError, MigrationStreamError
 from pyvmm.migrate import session
 from pyvmm.migrate.dirty_scan import DirtyScanner
-from pyvmm.migrate.stream import (DeviceRecord, EndRecord, MemoryRecord, PageEncoding,
-                                  StreamReader, decode_page)
+from pyvmm.migrate.stream import DeviceRecord, EndRecord, MemoryRecord, PageEncoding, StreamReader
 from pyvmm.mm.layout import PAGE_SIZE
 
 DEFAULT_MAX_MEMORY = 64 << 30      # bytes; a begin record asking for more is refused
@@ -96,21 +95,21 @@ class _Incoming:
         if self.final:
             self.fail(where, "pages after the final round")
         ram, received = self.ram, self.received
-        for page in record.pages:
-            pfn = page.pfn
+        for pfn, encoding, data in record.entries():
             if pfn >= self.page_count:
                 self.fail(where, f"page {pfn:#x} is outside the guest's {self.page_count} pages")
             o = pfn * PAGE_SIZE
-            if page.encoding == PageEncoding.XBZRLE:
+            if encoding == PageEncoding.XBZRLE:
                 if not received[pfn]:
                     self.fail(where, f"XBZRLE page {pfn:#x} arrived before any full copy of it")
-                ram[o:o + PAGE_SIZE] = decode_page(page, ram[o:o + PAGE_SIZE], self.scanner)
-            elif page.encoding == PageEncoding.ZERO:
-                ram[o:o + PAGE_SIZE] = _ZERO_PAGE
+                ram[o:o + PAGE_SIZE] = self.scanner.xbzrle_decode(data, ram[o:o + PAGE_SIZE])
+            elif encoding == PageEncoding.ZERO:
+                if received[pfn]:             # never received: still the zeros RAM starts with
+                    ram[o:o + PAGE_SIZE] = _ZERO_PAGE
             else:
-                ram[o:o + PAGE_SIZE] = page.data
+                ram[o:o + PAGE_SIZE] = data
             received[pfn] = 1
-        self.in_round += len(record.pages)
+        self.in_round += len(record)
 
     def _round(self, record, where):
         f = session.control_fields(record, where, {"round": int, "pages": int, "final": bool})
@@ -175,7 +174,7 @@ def receive(where, on_complete, *, timeout=30.0, accept_timeout=None,
     round marker. ``on_complete(config, memory, devices)`` gets the whole VM.
 
     Returns stats (JSON-able): status, peer, rounds, pages_per_round, pages, bytes,
-    total_time_s. Raises MigrationError / MigrationStreamError when the VM was not
+    total_time_s, stream_s (connection to END), start_s (``on_complete``'s time). Raises MigrationError / MigrationStreamError when the VM was not
     taken; then nothing was handed to ``on_complete``.
     """
     conn, peer = _accept(where, accept_timeout)
@@ -189,6 +188,7 @@ def receive(where, on_complete, *, timeout=30.0, accept_timeout=None,
             marker = vm.apply(record, f"{name}: record {index} (ending at offset {reader.offset})")
             if marker and progress is not None:
                 progress(marker["round"], marker["pages"])
+        t_stream = time.monotonic()
         try:
             on_complete(vm.config, vm.ram, vm.devices)
         except Exception as e:
@@ -210,7 +210,8 @@ def receive(where, on_complete, *, timeout=30.0, accept_timeout=None,
         conn.close()
     return {"status": "completed", "peer": peer, "rounds": vm.round,
             "pages_per_round": vm.pages_per_round, "pages": pages, "bytes": reader.offset,
-            "total_time_s": round(time.monotonic() - t0, 6)}
+            "total_time_s": round(time.monotonic() - t0, 6), "stream_s": round(t_stream - t0, 6),
+            "start_s": round(time.monotonic() - t_stream, 6)}
 
 
 def _refuse(conn, vm, error):

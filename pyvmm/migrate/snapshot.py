@@ -30,9 +30,10 @@ import tempfile
 from dataclasses import dataclass, field
 
 from pyvmm.errors import MigrationError, MigrationStreamError
+from pyvmm.migrate.dirty_scan import DirtyScanner
 from pyvmm.migrate.state import StateFields
 from pyvmm.migrate.stream import (DeviceRecord, DiskRecord, EventChannelsRecord, GrantTableRecord,
-                                  MemoryRecord, Page, PageEncoding, VcpuRecord, XenstoreNode,
+                                  MemoryRecord, PageEncoding, VcpuRecord, XenstoreNode,
                                   XenstoreRecord, decode_value, encode_value, read_stream,
                                   write_stream)
 from pyvmm.mm.layout import PAGE_SIZE
@@ -41,7 +42,7 @@ SNAPSHOT_FORMAT = 1              # the layout above; a reader refuses a newer on
 CONFIG = "snapshot/config"       # the DEVICE record that opens a snapshot
 CONFIG_FIELDS = ("kernel", "initrd", "cmdline", "mmu", "exception_bitmap", "rdtsc_exiting")
 DISK_FORMATS = ("raw", "qcow2")
-BATCH_PAGES = 256                # pages a MEMORY record carries (1 MiB of raw pages at most)
+BATCH_PAGES = 512                # pages a MEMORY record carries (2 MiB of raw pages at most)
 MAX_RAM = 1 << 40
 RESERVED_PREFIXES = ("snapshot/", "migration/")
 
@@ -66,20 +67,17 @@ class Snapshot:
 
 # --- writing ----------------------------------------------------------------------
 
-def _memory_records(memory, ram_size):
+def _memory_records(memory, ram_size, scanner=None):
+    """MEMORY records of the RAW pages of RAM that are not all zeros (the C zero-page
+    check finds them), BATCH_PAGES a record."""
     ram = memoryview(memory).cast("B")
     if len(ram) != ram_size:
         raise MigrationError(f"snapshot: RAM buffer of {len(ram)} bytes, config says {ram_size}")
-    batch = []
-    for pfn in range(ram_size // PAGE_SIZE):
-        page = ram[pfn * PAGE_SIZE:(pfn + 1) * PAGE_SIZE]
-        if any(page):
-            batch.append(Page(pfn, PageEncoding.RAW, bytes(page)))
-            if len(batch) == BATCH_PAGES:
-                yield MemoryRecord(tuple(batch))
-                batch = []
-    if batch:
-        yield MemoryRecord(tuple(batch))
+    scanner = scanner or DirtyScanner()
+    pfns = scanner.nonzero_pages(ram)
+    for i in range(0, len(pfns), BATCH_PAGES):
+        batch = pfns[i:i + BATCH_PAGES]
+        yield MemoryRecord.batch(batch, *scanner.gather_pages(ram, batch))
 
 
 def snapshot_records(snap):
@@ -191,15 +189,15 @@ def _unique(table, key, what, where):
 
 def _take_pages(record, pages, ram_size, where):
     limit = ram_size // PAGE_SIZE
-    for page in record.pages:
-        if page.encoding != PageEncoding.RAW:
-            raise MigrationStreamError(f"{where}: page {page.pfn:#x} is {page.encoding.name}; a "
+    for pfn, encoding, data in record.entries():
+        if encoding != PageEncoding.RAW:
+            raise MigrationStreamError(f"{where}: page {pfn:#x} is {PageEncoding(encoding).name}; a "
                                        f"snapshot carries RAW pages only")
-        if page.pfn >= limit:
-            raise MigrationStreamError(f"{where}: page {page.pfn:#x} is outside the "
+        if pfn >= limit:
+            raise MigrationStreamError(f"{where}: page {pfn:#x} is outside the "
                                        f"{ram_size}-byte RAM")
-        _unique(pages, page.pfn, f"page {page.pfn:#x}", where)
-        pages[page.pfn] = page.data
+        _unique(pages, pfn, f"page {pfn:#x}", where)
+        pages[pfn] = data
 
 
 def read_snapshot(src, name="snapshot"):

@@ -23,6 +23,7 @@ Invariants:
 
 import struct
 import zlib
+from array import array
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -31,14 +32,15 @@ from pyvmm.migrate.dirty_scan import DirtyScanner
 from pyvmm.mm.layout import PAGE_SIZE
 
 MAGIC = b"\x89PYVMMS\n"     # high bit and newline catch 7-bit and text-mode damage
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: MEMORY entries as arrays (docs/migration-stream.md, "Versions")
 MAX_PAYLOAD = 64 << 20       # bytes; a longer record is refused before it is read
 MAX_DEPTH = 32               # nesting of lists/maps in a state value
 
 _HEADER = struct.Struct("<8sI")         # magic, version; then u32 crc32 of these 12 bytes
 _U32 = struct.Struct("<I")
 _REC = struct.Struct("<II")             # type, payload length
-_PAGE = struct.Struct("<QBI")           # pfn, encoding, data length
+ENTRY_BYTES = 13                       # a MEMORY page entry: u64 pfn, u8 encoding, u32 length
+_JOIN_BELOW = 64 << 10                  # records up to this size go out in one write
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -74,9 +76,57 @@ class VcpuRecord:
     state: dict
 
 
-@dataclass(frozen=True)
 class MemoryRecord:
-    pages: tuple
+    """A batch of pages. ``MemoryRecord(pages)`` takes Page objects; ``MemoryRecord.batch``
+    takes the arrays the wire carries (no object a page), which is how the reader
+    returns a record and how pre-copy and snapshots write one. ``pages`` gives Page
+    objects either way; ``entries()`` gives (pfn, encoding number, data) without them."""
+
+    __slots__ = ("_pages", "_wire")
+
+    def __init__(self, pages=()):
+        self._pages = tuple(pages)
+        self._wire = None
+
+    @classmethod
+    def batch(cls, pfns, encodings, lengths, data):
+        """From ``pfns`` (array('Q')), ``encodings`` (bytes, a PageEncoding number each),
+        ``lengths`` (array('I'), each page's data length) and ``data`` (the pages' data
+        one after another); checked when written."""
+        record = cls.__new__(cls)
+        record._pages = None
+        record._wire = (pfns, bytes(encodings), lengths, data)
+        return record
+
+    @property
+    def pages(self):
+        if self._pages is None:
+            self._pages = tuple(Page(pfn, PageEncoding(enc), bytes(data)) for pfn, enc, data in self.entries())
+        return self._pages
+
+    def entries(self):
+        """(pfn, encoding number, data as a buffer) for each page, in order."""
+        if self._wire is None:
+            return ((p.pfn, int(p.encoding), p.data) for p in self._pages)
+        return _batch_entries(*self._wire)
+
+    def __len__(self):
+        return len(self._pages) if self._wire is None else len(self._wire[0])
+
+    def __eq__(self, other):
+        return isinstance(other, MemoryRecord) and self.pages == other.pages
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"MemoryRecord({len(self)} pages)"
+
+
+def _batch_entries(pfns, encodings, lengths, data):
+    view, off = memoryview(data), 0
+    for pfn, enc, n in zip(pfns, encodings, lengths):
+        yield pfn, enc, view[off:off + n]
+        off += n
 
 
 @dataclass(frozen=True)
@@ -289,26 +339,63 @@ def _id(value, width, what):
     return value.to_bytes(width, "little")
 
 
-def _encode_memory(pages):
-    out = bytearray(_U32.pack(len(pages)))
-    for page in pages:
-        _check_page(page, "MEMORY record")
-        out += _PAGE.pack(page.pfn, page.encoding, len(page.data)) + bytes(page.data)
-    return out
+def _check_batch(pfns, encodings, lengths, data_len, fail):
+    """Refuse a page batch whose arrays disagree or break a page entry's rules."""
+    if not len(pfns) == len(encodings) == len(lengths):
+        fail(f"{len(pfns)} page numbers, {len(encodings)} encodings and {len(lengths)} lengths")
+    total = 0
+    for pfn, enc, n in zip(pfns, encodings, lengths):
+        total += n
+        if enc == PageEncoding.RAW:
+            if n != PAGE_SIZE:
+                fail(f"raw page {pfn:#x} has {n} bytes, not {PAGE_SIZE}")
+        elif enc == PageEncoding.ZERO:
+            if n:
+                fail(f"zero page {pfn:#x} carries {n} bytes")
+        elif enc == PageEncoding.XBZRLE:
+            if n > PAGE_SIZE:
+                fail(f"XBZRLE delta of page {pfn:#x} is {n} bytes, larger than a page")
+        else:
+            fail(f"page {pfn:#x} has unknown encoding {enc}")
+    if total != data_len:
+        fail(f"page lengths add up to {total} bytes, the data is {data_len}")
+
+
+def _raise(problem):
+    raise MigrationStreamError(f"MEMORY record: {problem}")
+
+
+def _memory_parts(record):
+    """[entry arrays, page data]: the MEMORY payload in two pieces (the data is not copied)."""
+    if record._wire is None:
+        pages = record._pages
+        for page in pages:
+            _check_page(page, "MEMORY record")
+        pfns = array("Q", (p.pfn for p in pages))
+        encodings = bytes(int(p.encoding) for p in pages)
+        lengths = array("I", (len(p.data) for p in pages))
+        data = b"".join(bytes(p.data) for p in pages)
+    else:
+        pfns, encodings, lengths, data = record._wire
+        if not (isinstance(pfns, array) and pfns.typecode == "Q" and isinstance(lengths, array)
+                and lengths.typecode == "I"):
+            _raise("page numbers must be array('Q') and lengths array('I')")
+        _check_batch(pfns, encodings, lengths, len(data), _raise)
+    return [_U32.pack(len(pfns)) + pfns.tobytes() + encodings + lengths.tobytes(), data]
 
 
 def _decode_memory(p):
-    pages = []
-    for _ in range(p.uint(4)):
-        pfn, enc, n = _PAGE.unpack(p.take(_PAGE.size))
-        try:
-            enc = PageEncoding(enc)
-        except ValueError:
-            p.fail(f"page {pfn:#x} has unknown encoding {enc}")
-        page = Page(pfn, enc, bytes(p.take(n)))
-        _check_page(page, p.where)
-        pages.append(page)
-    return MemoryRecord(tuple(pages))
+    n = p.uint(4)
+    if n * ENTRY_BYTES > len(p.data) - p.pos:
+        p.fail(f"{n} page entries need {n * ENTRY_BYTES} bytes, {len(p.data) - p.pos} left")
+    pfns, lengths = array("Q"), array("I")
+    pfns.frombytes(p.take(8 * n))
+    encodings = bytes(p.take(n))
+    lengths.frombytes(p.take(4 * n))
+    data = memoryview(p.data)[p.pos:]
+    p.pos = len(p.data)
+    _check_batch(pfns, encodings, lengths, len(data), p.fail)
+    return MemoryRecord.batch(pfns, encodings, lengths, data)
 
 
 def _encode_xenstore(nodes):
@@ -330,9 +417,10 @@ def _decode_xenstore(p):
 
 
 def _encode(record):
-    """(RecordType, payload bytes) for a record object."""
+    """(RecordType, payload) for a record object; the payload is one buffer or, for
+    MEMORY, a list of buffers to be sent one after another."""
     if isinstance(record, MemoryRecord):
-        return RecordType.MEMORY, _encode_memory(record.pages)
+        return RecordType.MEMORY, _memory_parts(record)
     if isinstance(record, VcpuRecord):
         return RecordType.VCPU, _id(record.vcpu_id, 4, "vCPU id") + _state(record.state, "VCPU record")
     if isinstance(record, DeviceRecord):
@@ -384,13 +472,24 @@ class StreamWriter:
     def write(self, record):
         if self.ended:
             raise MigrationStreamError("migration stream: a record after END")
-        rtype, payload = _encode(record)
-        if len(payload) > MAX_PAYLOAD:
-            raise MigrationStreamError(f"{rtype.name} record of {len(payload)} bytes is larger than "
+        rtype, parts = _encode(record)
+        parts = parts if isinstance(parts, list) else [parts]
+        size = sum(len(part) for part in parts)
+        if size > MAX_PAYLOAD:
+            raise MigrationStreamError(f"{rtype.name} record of {size} bytes is larger than "
                                        f"{MAX_PAYLOAD}: split it")
-        head = _REC.pack(rtype, len(payload))
-        self._crc = zlib.crc32(payload, zlib.crc32(head, self._crc))
-        self._send(head + bytes(payload) + _U32.pack(self._crc))
+        head = _REC.pack(rtype, size)
+        crc = zlib.crc32(head, self._crc)
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        self._crc = crc
+        if size <= _JOIN_BELOW:           # one write for a small record
+            self._send(b"".join([head, *parts, _U32.pack(crc)]))
+        else:                             # no copy of the large parts (page data)
+            self._send(head + parts[0])
+            for part in parts[1:]:
+                self._send(part)
+            self._send(_U32.pack(crc))
         self.records += 1
         self.ended = rtype == RecordType.END
 
@@ -413,6 +512,7 @@ class StreamReader:
 
     def __init__(self, source, name="migration stream"):
         self._read = _reader(source)
+        self._read_into = getattr(source, "recv_into", None)     # sockets: no copy a chunk
         self.name = name
         self.offset = 0
         head = self._exact(_HEADER.size + 4, "the stream header")
@@ -428,22 +528,32 @@ class StreamReader:
                                        f"pyvmm reads (up to {FORMAT_VERSION}); upgrade the receiver")
         if version < 1:
             raise MigrationStreamError(f"{name}: stream format version {version} does not exist")
+        if version < FORMAT_VERSION:
+            raise MigrationStreamError(f"{name}: stream format version {version} is older than this "
+                                       f"pyvmm reads ({FORMAT_VERSION}): it was written by an older "
+                                       f"pyvmm; restore it with that one")
         self.version = version
         self._crc = crc
         self._index = 0
         self.ended = False
 
     def _exact(self, n, what):
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self._read(n - len(buf))
-            if not chunk:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            if self._read_into is not None:
+                k = self._read_into(view[got:])
+            else:
+                chunk = self._read(n - got)
+                k = len(chunk)
+                view[got:got + k] = chunk
+            if not k:
                 raise MigrationStreamError(
-                    f"{self.name}: truncated at offset {self.offset + len(buf)}: {what} needs "
-                    f"{n} bytes, the stream ended after {len(buf)}")
-            buf += chunk
+                    f"{self.name}: truncated at offset {self.offset + got}: {what} needs "
+                    f"{n} bytes, the stream ended after {got}")
+            got += k
         self.offset += n
-        return bytes(buf)
+        return buf
 
     def __iter__(self):
         while not self.ended:
@@ -462,7 +572,9 @@ class StreamReader:
             raise MigrationStreamError(f"{where}: payload length {length} is over the limit "
                                        f"{MAX_PAYLOAD} (a corrupted length?)")
         body = self._exact(length + 4, f"record {self._index} ({name}) of {length} payload bytes")
-        payload, (stored,) = body[:length], _U32.unpack_from(body, length)
+        (stored,) = _U32.unpack_from(body, length)
+        del body[length:]                 # the payload, without a copy
+        payload = body
         crc = zlib.crc32(payload, zlib.crc32(head, self._crc))
         if crc != stored:
             raise MigrationStreamError(f"{where}: crc32 mismatch (stored {stored:#010x}, computed "

@@ -1,6 +1,7 @@
 """The migration stream: round trips of every record type over files and sockets;
 newer, truncated, corrupted, reordered and malformed streams refused with clear errors."""
 import io
+from array import array
 import socket
 import struct
 import threading
@@ -101,8 +102,13 @@ def _crafted(*records, version=S.FORMAT_VERSION):
 
 
 def test_newer_version_is_refused():
-    msg = _err(_crafted((S.RecordType.END, b""), version=2), "version 2 is newer")
-    assert "up to 1" in msg
+    msg = _err(_crafted((S.RecordType.END, b""), version=3), "version 3 is newer")
+    assert "up to 2" in msg
+
+
+def test_version_1_stream_is_refused_as_older():
+    msg = _err(_crafted((S.RecordType.END, b""), version=1), "version 1 is older than this pyvmm reads")
+    assert "(2)" in msg
 
 
 def test_not_a_stream_and_damaged_header():
@@ -162,7 +168,7 @@ def test_dropped_or_reordered_records_break_the_chain():
 
 
 def test_hostile_length_is_refused_before_reading():
-    data, crc = _header(1)
+    data, crc = _header(S.FORMAT_VERSION)
     data += struct.pack("<II", S.RecordType.DEVICE, 0xFFFF_FFF0)
     _err(data, "payload length 4294967280 is over the limit")
 
@@ -171,11 +177,31 @@ def test_unknown_record_type():
     _err(_crafted((99, b"hello"), (S.RecordType.END, b"")), "unknown record type 99")
 
 
+def _memory(entries, data=b"", count=None):
+    """A version-2 MEMORY payload: count, the pfns, the encodings, the lengths, the data."""
+    count = len(entries) if count is None else count
+    return (struct.pack("<I", count) + b"".join(struct.pack("<Q", e[0]) for e in entries)
+            + bytes(e[1] for e in entries) + b"".join(struct.pack("<I", e[2]) for e in entries) + data)
+
+
+def test_memory_payload_layout_is_the_documented_one():
+    pages = (S.Page(7, S.PageEncoding.RAW, PAGE_A), S.Page(0, S.PageEncoding.ZERO),
+             S.Page(9, S.PageEncoding.XBZRLE, b"\x0a\x01z"))
+    payload = _memory([(7, 0, PAGE_SIZE), (0, 1, 0), (9, 2, 3)], PAGE_A + b"\x0a\x01z")
+    assert _stream([S.MemoryRecord(pages)]) == _crafted((S.RecordType.MEMORY, payload), (S.RecordType.END, b""))
+    batch = S.MemoryRecord.batch(array("Q", [7, 0, 9]), b"\x00\x01\x02", array("I", [PAGE_SIZE, 0, 3]),
+                                 PAGE_A + b"\x0a\x01z")
+    assert _stream([batch]) == _stream([S.MemoryRecord(pages)]) and batch == S.MemoryRecord(pages)
+    assert [(p, e, bytes(d)) for p, e, d in batch.entries()] == [(7, 0, PAGE_A), (0, 1, b""), (9, 2, b"\x0a\x01z")]
+
+
 @pytest.mark.parametrize("rtype, payload, match", [
-    (S.RecordType.MEMORY, struct.pack("<IQBI", 1, 5, 0, 10) + bytes(10), "raw page 0x5 has 10 bytes"),
-    (S.RecordType.MEMORY, struct.pack("<IQBI", 1, 5, 9, 0), "unknown encoding 9"),
-    (S.RecordType.MEMORY, struct.pack("<IQBI", 1, 5, 1, 4) + bytes(4), "zero page 0x5 carries 4 bytes"),
-    (S.RecordType.MEMORY, struct.pack("<IQBI", 3, 5, 1, 0), "payload ends early"),
+    (S.RecordType.MEMORY, _memory([(5, 0, 10)], bytes(10)), "raw page 0x5 has 10 bytes"),
+    (S.RecordType.MEMORY, _memory([(5, 9, 0)]), "unknown encoding 9"),
+    (S.RecordType.MEMORY, _memory([(5, 1, 4)], bytes(4)), "zero page 0x5 carries 4 bytes"),
+    (S.RecordType.MEMORY, _memory([(5, 1, 0)], count=3), "3 page entries need 39 bytes"),
+    (S.RecordType.MEMORY, _memory([(5, 0, PAGE_SIZE)], bytes(10)), "lengths add up to 4096 bytes, the data is 10"),
+    (S.RecordType.MEMORY, _memory([(5, 2, 5000)], bytes(5000)), "larger than a page"),
     (S.RecordType.VCPU, struct.pack("<I", 0) + b"\x42", "unknown state value kind 66"),
     (S.RecordType.VCPU, struct.pack("<I", 0) + b"\x07" + struct.pack("<I", 0), "expected a map"),
     (S.RecordType.VCPU, struct.pack("<I", 0) + b"\x08" + struct.pack("<I", 10 ** 9), "count 1000000000"),
