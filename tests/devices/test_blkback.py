@@ -127,7 +127,7 @@ def test_handshake_publishes_the_disk(disk):
     vals = rig.fe.xenbus.backend_values
     assert vals == {"sectors": str(SECTORS), "sector-size": "512", "info": "0",
                     "feature-flush-cache": "1", "feature-discard": "1"}
-    assert rig.be.connected and rig.dom0.grant_table.mapping(rig.be._ring_mapping.handle)
+    assert rig.be.connected and rig.dom0.grant_table.mapping(rig.be.ring_mappings[0].handle)
     assert rig.guests[0].grant_table.pins(RING_REF) == (0, 1)
 
 

@@ -1,12 +1,12 @@
 """blkback: domain 0's server for one guest block device (xen/include/public/io/blkif.h).
 
-Responsibility: one (frontend domain, device) pair. The xenbus backend side of the
-handshake (publishes sectors, sector-size, info, feature-flush-cache,
-feature-discard; reads ring-ref and event-channel; maps the ring page through the
-frontend's grant table; binds the event channel), then, on each notification,
-consuming blkif requests as io/ring.h describes (final-check loop), validating each,
-doing its I/O on a ``DiskImage`` through grant-mapped segment pages and pushing a
-response, notifying the frontend only when ``rsp_event`` asks for it.
+Responsibility: the blkif protocol of one (frontend domain, device) pair on a
+``DiskImage``: what the backend publishes in the handshake (sectors, sector-size,
+info, feature-flush-cache, feature-discard), and serving each request: validating
+it, doing its I/O through grant-mapped segment pages, answering with its status.
+The split-driver mechanics (the ``ring-ref`` mapping, the event channel, the
+request loop with notification suppression, disconnecting a hostile frontend) are
+``SplitBackend``'s (devices/backend.py).
 
 Invariants:
 - A request is validated completely (operation, nr_segments, every segment's
@@ -17,9 +17,8 @@ Invariants:
 - Every segment mapping made for a request is unmapped before its response is
   written; between requests the backend holds only the ring page mapping.
 - A frontend that breaks the ring protocol (a producer index further ahead than
-  the ring holds) is disconnected: the ring is unmapped, the event channel closed,
-  xenbus goes Closing with ``error`` written; nothing of that batch reaches the
-  image, and other devices and domains are not touched.
+  the ring holds) is disconnected as SplitBackend says; nothing of that batch
+  reaches the image.
 - A read-only image (``info`` has VDISK_READONLY) refuses WRITE and DISCARD.
 
 Deviations: indirect requests (BLKIF_OP_INDIRECT), barriers (BLKIF_OP_WRITE_BARRIER)
@@ -29,9 +28,9 @@ synchronously inside the notification, so "in flight" means queued on the ring.
 """
 
 from pyvmm.devices import blkif
-from pyvmm.devices.ring import BackRing, RingLayout
-from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
-from pyvmm.errors import PyvmmError, RingError
+from pyvmm.devices.backend import SplitBackend
+from pyvmm.devices.ring import RingLayout
+from pyvmm.errors import PyvmmError
 from pyvmm.pv import abi
 from pyvmm.pv.cstruct import Union
 
@@ -61,117 +60,46 @@ class BadRequest(PyvmmError):
         super().__init__(what)
 
 
-def _int_value(values, key):
-    text = values[key].strip()
-    if not text.isdigit():
-        raise PyvmmError(f"frontend {key} {values[key]!r} is not a decimal number")
-    return int(text)
-
-
-class Blkback:
+class Blkback(SplitBackend):
     """The backend of device ``devid`` of domain ``frontend_domid``, served from ``backend``.
 
     ``backend`` is the Python-side domain (domain 0) that maps grants and owns the
     event channel; ``client`` its xenstore client; ``image`` an open DiskImage.
     ``start()`` begins the handshake (the toolstack created the directories).
-    ``log`` records disconnect reasons; ``served`` counts responses by status.
+    ``error`` records why the frontend was disconnected; ``served`` counts responses
+    by status.
     """
 
+    DEVTYPE = "vbd"
+    RINGS = (("ring-ref", _RING),)
+    REQUEST_RING = "ring-ref"
+
     def __init__(self, backend, client, frontend_domid, devid, image):
-        self.backend = backend
-        self.frontend_domid = frontend_domid
-        self.devid = devid
         self.image = image
         self.readonly = bool(image.readonly)
         self.sectors = image.size // SECTOR_SIZE
-        self.ring = None
-        self.port = None
-        self._ring_mapping = None
-        self._busy = False
-        self.error = None
         self.served = {blkif.BLKIF_RSP_OKAY: 0, blkif.BLKIF_RSP_ERROR: 0, blkif.BLKIF_RSP_EOPNOTSUPP: 0}
         details = {"sectors": self.sectors, "sector-size": SECTOR_SIZE,
                    "info": blkif.VDISK_READONLY if self.readonly else 0,
                    "feature-flush-cache": 1, "feature-discard": 0 if self.readonly else 1,
                    "discard-granularity": SECTOR_SIZE, "discard-alignment": 0}
-        path = backend_path(backend.domid, "vbd", frontend_domid, devid)
-        self.xenbus = XenbusBackend(client, path, details, ["ring-ref", "event-channel"],
-                                    self._connect, self._teardown)
-
-    def start(self):
-        self.xenbus.start()
+        super().__init__(backend, client, frontend_domid, devid, details)
 
     @property
-    def connected(self):
-        return self.ring is not None
+    def ring(self):
+        """The blkif BackRing while connected, else None."""
+        return self.rings.get("ring-ref")
 
-    # --- connection ------------------------------------------------------------------
+    # --- the requests ----------------------------------------------------------------
 
-    def _connect(self, values):
-        """XenbusBackend's connect: map ring-ref, bind event-channel (PyvmmError refuses)."""
-        ref = _int_value(values, "ring-ref")
-        remote_port = _int_value(values, "event-channel")
-        mapping = self.backend.grant_table.map_grant_ref(abi.GNTMAP_host_map, ref, self.frontend_domid)
-        try:
-            ring = BackRing(mapping.page, _RING)
-            port = self.backend.evtchn.bind_interdomain(self.frontend_domid, remote_port)
-        except PyvmmError:
-            self.backend.grant_table.unmap_grant_ref(mapping.handle)
-            raise
-        self._ring_mapping, self.ring, self.port = mapping, ring, port
-        # Bound without a callback first: bind_interdomain raises the new port at once,
-        # and the ring must not be served before xenbus says Connected.
-        self.backend.evtchn.set_notify(port, self._notified)
-
-    def _teardown(self):
-        """Unmap the ring and close the event channel (idempotent)."""
-        if self.port is not None:
-            self.backend.evtchn.close(self.port)
-            self.port = None
-        if self._ring_mapping is not None:
-            self.backend.grant_table.unmap_grant_ref(self._ring_mapping.handle)
-            self._ring_mapping = None
-        self.ring = None
-
-    def _disconnect(self, reason):
-        """A protocol breach by the frontend: drop the ring, tell xenbus why."""
-        self.error = reason
-        self._teardown()
-        if self.xenbus.state not in (XenbusState.Closing, XenbusState.Closed):
-            self.xenbus.switch(XenbusState.Closing, {"error": reason})
-
-    # --- the request loop ----------------------------------------------------------
-
-    def _notified(self, port):
-        self.process()
-
-    def process(self):
-        """Serve every request on the ring, then re-arm ``req_event`` (ring.h final check)."""
-        if self._busy or self.ring is None or self.xenbus.state != XenbusState.Connected:
-            return
-        self._busy = True
-        try:
-            while self.ring is not None:
-                try:
-                    requests = self.ring.take_requests()
-                except RingError as err:
-                    self._disconnect(f"domain {self.frontend_domid} vbd {self.devid}: {err}")
-                    return
-                for entry in requests:
-                    req = entry["rw"]
-                    status = self._serve(entry)
-                    self.served[status] += 1
-                    self.ring.put_response(id=req["id"], operation=req["operation"], status=status)
-                if self.ring.push_responses():
-                    self.backend.evtchn.send(self.port)
-                try:
-                    if not self.ring.final_check_for_requests():
-                        break
-                except RingError as err:
-                    self._disconnect(f"domain {self.frontend_domid} vbd {self.devid}: {err}")
-                    return
-        finally:
-            self._busy = False
+    def serve(self, requests):
+        """Do each request in ring order and write its response."""
+        ring = self.ring
+        for entry in requests:
+            req = entry["rw"]
+            status = self._serve(entry)
+            self.served[status] += 1
+            ring.put_response(id=req["id"], operation=req["operation"], status=status)
 
     def _serve(self, entry):
         """Do one request; returns its BLKIF_RSP_* status."""
@@ -227,24 +155,16 @@ class Blkback:
         segments = self._segments(req)
         total = sum(length for _, _, length in segments)
         self._check_range("write" if writing else "read", req["sector_number"], total // SECTOR_SIZE)
+        offset = req["sector_number"] * SECTOR_SIZE
         # A WRITE only reads the frontend's pages: map them read-only, as Linux's blkback does.
-        flags = abi.GNTMAP_host_map | (abi.GNTMAP_readonly if writing else 0)
-        table = self.backend.grant_table
-        mappings = []
-        try:
-            for gref, _, _ in segments:
-                mappings.append(table.map_grant_ref(flags, gref, self.frontend_domid))
-            offset = req["sector_number"] * SECTOR_SIZE
+        with self.frontend_pages([gref for gref, _, _ in segments], writable=not writing) as pages:
             if writing:
-                data = b"".join(bytes(m.page[start:start + length])
-                                for m, (_, start, length) in zip(mappings, segments))
+                data = b"".join(bytes(page[start:start + length])
+                                for page, (_, start, length) in zip(pages, segments))
                 self.image.write(offset, data)
             else:
                 data = memoryview(self.image.read(offset, total))
                 pos = 0
-                for m, (_, start, length) in zip(mappings, segments):
-                    m.page[start:start + length] = data[pos:pos + length]
+                for page, (_, start, length) in zip(pages, segments):
+                    page[start:start + length] = data[pos:pos + length]
                     pos += length
-        finally:
-            for m in mappings:
-                table.unmap_grant_ref(m.handle)

@@ -1,11 +1,12 @@
 """netback: domain 0's server for one guest network interface (xen/include/public/io/netif.h).
 
-Responsibility: one (frontend domain, vif) pair. The xenbus backend side of the
-handshake (publishes feature-rx-copy=1, feature-rx-flip=0, mac and handle; reads
-tx-ring-ref, rx-ring-ref, event-channel and request-rx-copy; maps both ring pages
-through the frontend's grant table; binds the event channel); then
-- transmit: on each notification, consume the tx ring as io/ring.h says (final-check
-  loop), split it into packets (a first slot whose ``size`` is the whole packet,
+Responsibility: the netif protocol of one (frontend domain, vif) pair between its
+rings and a switch port: what the backend publishes in the handshake
+(feature-rx-copy=1, feature-rx-flip=0, mac and handle; it requires
+request-rx-copy=1), and
+- transmit: the tx requests of each batch (the request loop is SplitBackend's,
+  devices/backend.py, which also maps tx-ring-ref and rx-ring-ref and binds the
+  event channel), split into packets (a first slot whose ``size`` is the whole packet,
   NETTXF_more_data chaining the next slots), copy each packet's bytes out of the
   frontend's granted pages and hand the frame to the switch port (``uplink``); one
   tx response per slot;
@@ -23,8 +24,8 @@ Invariants:
 - A frontend that breaks the ring protocol (a producer further ahead than the ring
   holds on either ring, or a packet whose NETTXF_more_data / extra chain runs past
   the requests it published, which Linux's netback also treats as fatal) is
-  disconnected: both rings unmapped, the event channel closed, xenbus Closing with
-  ``error``; other vifs, the switch and other domains are untouched.
+  disconnected as SplitBackend says (both rings unmapped); other vifs, the switch
+  and other domains are untouched.
 - Every grant mapping made to copy a slot is undone before the next slot is looked
   at; between packets the backend holds only the two ring mappings.
 - A frame for the guest is dropped and counted (``stats['rx_dropped']``) when the
@@ -44,9 +45,8 @@ received frames always carry full checksums, so NETRXF_* flags stay 0.
 """
 
 from pyvmm.devices import netif
+from pyvmm.devices.backend import SplitBackend, frontend_int
 from pyvmm.devices.net.ethernet import ETH_HLEN, complete_checksum, format_mac
-from pyvmm.devices.ring import BackRing
-from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
 from pyvmm.errors import ConfigError, PyvmmError, RingError
 from pyvmm.pv import abi
 
@@ -69,26 +69,17 @@ def _as_extra(slot):
     return netif.NETIF_EXTRA_INFO.unpack(netif.NETIF_TX_REQUEST.pack(**slot)[:_EXTRA_SIZE])
 
 
-_RX_COPY = abi.GNTMAP_host_map                       # writable: the backend fills the page
-_TX_COPY = abi.GNTMAP_host_map | abi.GNTMAP_readonly  # the backend only reads tx pages
 
 
 class _BadPacket(PyvmmError):
     """One tx packet that is refused with NETIF_RSP_ERROR (the message says why)."""
 
 
-class _Incomplete(PyvmmError):
+class _Incomplete(RingError):
     """A packet chain that runs past the requests the frontend published (fatal)."""
 
 
-def _int_value(values, key):
-    text = values[key].strip()
-    if not text.isdigit():
-        raise PyvmmError(f"frontend {key} {values[key]!r} is not a decimal number")
-    return int(text)
-
-
-class Netback:
+class Netback(SplitBackend):
     """The backend of vif ``devid`` of domain ``frontend_domid``, served from ``backend``.
 
     ``backend`` is the Python-side domain (domain 0); ``client`` its xenstore client;
@@ -100,141 +91,67 @@ class Netback:
     ``last_refused`` why the last refused tx packet was refused.
     """
 
+    DEVTYPE = "vif"
+    RINGS = (("tx-ring-ref", netif.NETIF_TX_RING), ("rx-ring-ref", netif.NETIF_RX_RING))
+    REQUEST_RING = "tx-ring-ref"
+    FRONTEND_KEYS = ("request-rx-copy",)
+
     def __init__(self, backend, client, frontend_domid, devid, mac, switch, mtu=1500):
         if len(mac) != 6:
             raise ConfigError(f"vif {frontend_domid}.{devid}: MAC {bytes(mac).hex()} is not 6 bytes")
         if not 68 <= mtu <= abi.PAGE_SIZE - VLAN_ETH_HLEN:
             raise ConfigError(f"vif {frontend_domid}.{devid}: MTU {mtu} is outside "
                               f"68..{abi.PAGE_SIZE - VLAN_ETH_HLEN} (a frame must fit one page)")
-        self.backend = backend
-        self.frontend_domid = frontend_domid
-        self.devid = devid
         self.mac = bytes(mac)
         self.mtu = mtu
         self.max_frame = mtu + VLAN_ETH_HLEN
-        self.name = f"vif{frontend_domid}.{devid}"
-        self.tx = self.rx = None
-        self.port = None
-        self._mappings = []
-        self._busy = False
-        self.error = None
         self.last_refused = None
         self.stats = dict.fromkeys(("tx_packets", "tx_bytes", "tx_errors", "rx_packets",
                                     "rx_bytes", "rx_errors", "rx_dropped"), 0)
-        self.uplink = switch.attach(self, self.name)
         details = {"feature-rx-copy": 1, "feature-rx-flip": 0, "feature-sg": 0,
                    "feature-gso-tcpv4": 0, "feature-gso-tcpv6": 0, "feature-split-event-channels": 0,
                    "mac": format_mac(self.mac), "handle": devid}
-        path = backend_path(backend.domid, "vif", frontend_domid, devid)
-        self.xenbus = XenbusBackend(client, path, details,
-                                    ["tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy"],
-                                    self._connect, self._teardown)
-
-    def start(self):
-        self.xenbus.start()
+        super().__init__(backend, client, frontend_domid, devid, details)
+        self.uplink = switch.attach(self, self.name)
 
     @property
-    def connected(self):
-        return self.tx is not None and self.xenbus.state == XenbusState.Connected
+    def tx(self):
+        """The tx BackRing while connected, else None."""
+        return self.rings.get("tx-ring-ref")
 
-    # --- connection ------------------------------------------------------------------
+    @property
+    def rx(self):
+        """The rx BackRing while connected, else None."""
+        return self.rings.get("rx-ring-ref")
 
-    def _connect(self, values):
-        """XenbusBackend's connect: map both rings, bind the event channel (PyvmmError refuses)."""
-        if _int_value(values, "request-rx-copy") != 1:
+    def check_frontend(self, values):
+        if frontend_int(values, "request-rx-copy") != 1:
             raise PyvmmError(f"{self.name}: frontend did not set request-rx-copy=1 (page flipping "
                              "is not offered)")
-        tx_ref = _int_value(values, "tx-ring-ref")
-        rx_ref = _int_value(values, "rx-ring-ref")
-        remote_port = _int_value(values, "event-channel")
-        table = self.backend.grant_table
-        try:
-            for ref in (tx_ref, rx_ref):
-                self._mappings.append(table.map_grant_ref(abi.GNTMAP_host_map, ref,
-                                                          self.frontend_domid))
-            tx = BackRing(self._mappings[0].page, netif.NETIF_TX_RING)
-            rx = BackRing(self._mappings[1].page, netif.NETIF_RX_RING)
-            port = self.backend.evtchn.bind_interdomain(self.frontend_domid, remote_port)
-        except PyvmmError:
-            self._teardown()
-            raise
-        self.tx, self.rx, self.port = tx, rx, port
-        # Bound without a callback first: bind_interdomain raises the new port at once,
-        # and the rings must not be served before xenbus says Connected.
-        self.backend.evtchn.set_notify(port, self._notified)
-
-    def _teardown(self):
-        """Unmap the rings and close the event channel (idempotent)."""
-        if self.port is not None:
-            self.backend.evtchn.close(self.port)
-            self.port = None
-        while self._mappings:
-            self.backend.grant_table.unmap_grant_ref(self._mappings.pop().handle)
-        self.tx = self.rx = None
-
-    def _disconnect(self, reason):
-        """A protocol breach by the frontend: drop the rings, tell xenbus why."""
-        self.error = f"{self.name}: {reason}"
-        self._teardown()
-        if self.xenbus.state not in (XenbusState.Closing, XenbusState.Closed):
-            self.xenbus.switch(XenbusState.Closing, {"error": self.error})
 
     def destroy(self):
         """Leave the switch and drop the connection (the toolstack removes the vif)."""
         self.uplink.detach()
-        self._teardown()
-        self.xenbus.stop()
+        self.stop()
 
     # --- copying through grants ----------------------------------------------------
 
     def _copy_out(self, ref, offset, size):
-        table = self.backend.grant_table
-        mapping = table.map_grant_ref(_TX_COPY, ref, self.frontend_domid)
-        try:
-            return bytes(mapping.page[offset:offset + size])
-        finally:
-            table.unmap_grant_ref(mapping.handle)
+        with self.frontend_pages([ref], writable=False) as [page]:   # tx pages are only read
+            return bytes(page[offset:offset + size])
 
     def _copy_in(self, ref, data):
-        table = self.backend.grant_table
-        mapping = table.map_grant_ref(_RX_COPY, ref, self.frontend_domid)
-        try:
-            mapping.page[:len(data)] = data
-        finally:
-            table.unmap_grant_ref(mapping.handle)
+        with self.frontend_pages([ref], writable=True) as [page]:    # the backend fills rx pages
+            page[:len(data)] = data
 
     # --- transmit (guest -> switch) ------------------------------------------------
 
-    def _notified(self, port):
-        self.process()
+    def after_push(self, frames):
+        """The batch's frames leave once their tx responses are pushed."""
+        for frame in frames:
+            self.uplink.send(frame)
 
-    def process(self):
-        """Serve every tx request on the ring, then re-arm ``req_event`` (ring.h final check)."""
-        if self._busy or not self.connected:
-            return
-        self._busy = True
-        try:
-            while self.tx is not None:
-                try:
-                    slots = self.tx.take_requests()
-                    frames = self._answer_packets(slots)
-                except (RingError, _Incomplete) as err:
-                    self._disconnect(str(err))
-                    return
-                if self.tx.push_responses():
-                    self.backend.evtchn.send(self.port)
-                for frame in frames:
-                    self.uplink.send(frame)
-                try:
-                    if self.tx is None or not self.tx.final_check_for_requests():
-                        break
-                except RingError as err:
-                    self._disconnect(str(err))
-                    return
-        finally:
-            self._busy = False
-
-    def _answer_packets(self, slots):
+    def serve(self, slots):
         """Check and copy every packet in ``slots``; responses written; frames returned.
 
         The whole batch is split first, so a chain that runs past the last slot
@@ -323,7 +240,7 @@ class Netback:
         try:
             posted = self.rx.take_requests(limit=1)
         except RingError as err:
-            self._disconnect(str(err))
+            self.disconnect(str(err))
             self.stats["rx_dropped"] += 1
             return False
         if not posted:
@@ -336,8 +253,7 @@ class Netback:
         except PyvmmError:
             status = netif.NETIF_RSP_ERROR
         self.rx.put_response(id=req["id"], offset=0, flags=0, status=status)
-        if self.rx.push_responses():
-            self.backend.evtchn.send(self.port)
+        self.push(self.rx)
         if status < 0:
             self.stats["rx_errors"] += 1
             return False

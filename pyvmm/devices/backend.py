@@ -1,0 +1,215 @@
+"""The backend half of a Xen split driver, in domain 0: what blkback and netback share.
+
+Responsibility: the mechanics every split-driver backend runs for one (frontend
+domain, device) pair, whatever its protocol:
+- the xenbus backend side of the handshake (``XenbusBackend``): publish the
+  device's details, wait for the frontend's ring references and event channel;
+- attaching the shared rings: each ``<name>-ref`` the frontend publishes is mapped
+  through the frontend's grant table (GNTMAP_host_map, as ``xenbus_map_ring`` does)
+  and read as a ``BackRing`` of its layout (``BACK_RING_ATTACH``, io/ring.h);
+  binding the interdomain event channel;
+- the request loop of io/ring.h: take the requests published now, let the device
+  serve them (it writes the responses), push the responses and notify the frontend
+  only if ``rsp_event`` asks for it, then ``RING_FINAL_CHECK_FOR_REQUESTS`` (re-arm
+  ``req_event`` and look once more);
+- disconnecting a frontend that breaks the ring protocol;
+- mapping the frontend's granted data pages for the span of one request
+  (``frontend_pages``).
+
+A device subclass names its rings (``RINGS``), the ring ``process()`` serves
+(``REQUEST_RING``) and implements ``serve(requests)``; it may refuse the frontend's
+other values in ``check_frontend`` and act after each push in ``after_push``.
+
+Invariants:
+- The rings are never served before xenbus says Connected: the event channel gets
+  its callback only after the whole connection is made, and ``process`` checks the
+  state each time.
+- A connection that fails part way (an unmappable ring-ref, an unbindable port)
+  undoes what it made: no ring stays mapped, no port stays bound.
+- A frontend that breaks the protocol (``RingError`` from the ring, or from the
+  device's ``serve``: a producer further ahead than the ring holds, a request chain
+  past what was published) is disconnected: every ring unmapped, the event channel
+  closed, xenbus Closing with ``error`` written. Nothing of that batch reaches the
+  device's resources, and other devices and domains are not touched.
+- Data pages are mapped only inside ``frontend_pages`` and unmapped when it ends,
+  also when a mapping or the work fails; between requests the backend holds only
+  its ring mappings.
+- ``process`` is not re-entered (a notification raised while serving is looked at
+  by the final check of the running loop).
+"""
+
+import contextlib
+
+from pyvmm.devices.ring import BackRing
+from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
+from pyvmm.errors import PyvmmError, RingError
+from pyvmm.pv import abi
+
+__all__ = ["SplitBackend", "EVENT_CHANNEL_KEY", "frontend_int"]
+
+EVENT_CHANNEL_KEY = "event-channel"      # the frontend's unbound port (xenbus convention)
+
+
+def frontend_int(values, key):
+    """The frontend's xenstore value ``key`` as a decimal number (PyvmmError if it is not)."""
+    text = values[key].strip()
+    if not text.isdigit():
+        raise PyvmmError(f"frontend {key} {values[key]!r} is not a decimal number")
+    return int(text)
+
+
+class SplitBackend:
+    """One split-driver backend for device ``devid`` of domain ``frontend_domid``.
+
+    ``backend`` is the Python-side domain (domain 0) that maps grants and owns the
+    event channel; ``client`` its xenstore client; ``details`` what the backend
+    publishes before InitWait. Subclasses set:
+
+    - ``DEVTYPE``: the xenstore device type ("vbd", "vif");
+    - ``RINGS``: ((xenstore key of the ring's grant reference, RingLayout), ...);
+    - ``REQUEST_RING``: the key of the ring ``process()`` consumes;
+    - ``FRONTEND_KEYS``: other keys the frontend must publish (``check_frontend``
+      sees them with the ring references and the event channel).
+
+    ``rings`` maps each key to its BackRing while connected (empty otherwise);
+    ``port`` is the bound event channel; ``error`` says why the frontend was
+    disconnected.
+    """
+
+    DEVTYPE = None
+    RINGS = ()
+    REQUEST_RING = None
+    FRONTEND_KEYS = ()
+
+    def __init__(self, backend, client, frontend_domid, devid, details):
+        self.backend = backend
+        self.frontend_domid = frontend_domid
+        self.devid = devid
+        self.name = f"{self.DEVTYPE}{frontend_domid}.{devid}"
+        self.rings = {}
+        self.ring_mappings = []
+        self.port = None
+        self.error = None
+        self._busy = False
+        keys = [key for key, _ in self.RINGS] + [EVENT_CHANNEL_KEY] + list(self.FRONTEND_KEYS)
+        path = backend_path(backend.domid, self.DEVTYPE, frontend_domid, devid)
+        self.xenbus = XenbusBackend(client, path, details, keys, self._connect, self._teardown)
+
+    def start(self):
+        """Begin the handshake (the toolstack created both directories)."""
+        self.xenbus.start()
+
+    @property
+    def connected(self):
+        return bool(self.rings) and self.xenbus.state == XenbusState.Connected
+
+    # --- what a device provides ---------------------------------------------------
+
+    def check_frontend(self, values):
+        """Refuse the frontend's values (raise PyvmmError) before anything is mapped."""
+
+    def serve(self, requests):
+        """Serve ``requests`` (copies taken off REQUEST_RING), writing one response per
+        slot the protocol answers; return what ``after_push`` needs. Raise RingError
+        (before writing any response) for a breach that disconnects the frontend."""
+        raise NotImplementedError
+
+    def after_push(self, served):
+        """Runs after the responses of a batch are pushed, with ``serve``'s result."""
+
+    # --- connection ------------------------------------------------------------------
+
+    def _connect(self, values):
+        """XenbusBackend's connect: map every ring, bind the event channel (PyvmmError refuses)."""
+        self.check_frontend(values)
+        refs = [(key, layout, frontend_int(values, key)) for key, layout in self.RINGS]
+        remote_port = frontend_int(values, EVENT_CHANNEL_KEY)
+        table = self.backend.grant_table
+        rings = {}
+        try:
+            for key, layout, ref in refs:
+                mapping = table.map_grant_ref(abi.GNTMAP_host_map, ref, self.frontend_domid)
+                self.ring_mappings.append(mapping)
+                rings[key] = BackRing(mapping.page, layout)
+            port = self.backend.evtchn.bind_interdomain(self.frontend_domid, remote_port)
+        except PyvmmError:
+            self._teardown()
+            raise
+        self.rings, self.port = rings, port
+        # Bound without a callback first: bind_interdomain raises the new port at once,
+        # and the rings must not be served before xenbus says Connected.
+        self.backend.evtchn.set_notify(port, self._notified)
+
+    def _teardown(self):
+        """Unmap the rings and close the event channel (idempotent)."""
+        if self.port is not None:
+            self.backend.evtchn.close(self.port)
+            self.port = None
+        while self.ring_mappings:
+            self.backend.grant_table.unmap_grant_ref(self.ring_mappings.pop().handle)
+        self.rings = {}
+
+    def disconnect(self, reason):
+        """A protocol breach by the frontend: drop the rings, tell xenbus why."""
+        self.error = f"{self.name}: {reason}"
+        self._teardown()
+        if self.xenbus.state not in (XenbusState.Closing, XenbusState.Closed):
+            self.xenbus.switch(XenbusState.Closing, {"error": self.error})
+
+    def stop(self):
+        """Drop the connection and stop watching the frontend (the device is removed)."""
+        self._teardown()
+        self.xenbus.stop()
+
+    @contextlib.contextmanager
+    def frontend_pages(self, refs, writable):
+        """The pages the frontend granted as ``refs``, mapped for the ``with`` body.
+
+        ``writable`` False maps them read-only (GNTMAP_readonly: the backend only reads
+        them, and a read-only grant is enough). All or nothing: GrantError from the
+        grant table if any ref is not mappable, with those mapped so far unmapped.
+        """
+        flags = abi.GNTMAP_host_map | (0 if writable else abi.GNTMAP_readonly)
+        table = self.backend.grant_table
+        mappings = []
+        try:
+            for ref in refs:
+                mappings.append(table.map_grant_ref(flags, ref, self.frontend_domid))
+            yield [m.page for m in mappings]
+        finally:
+            for m in mappings:
+                table.unmap_grant_ref(m.handle)
+
+    # --- notification and the request loop -----------------------------------------
+
+    def push(self, ring):
+        """Publish ``ring``'s responses; notify the frontend if ``rsp_event`` asks."""
+        if ring.push_responses():
+            self.backend.evtchn.send(self.port)
+
+    def _notified(self, port):
+        self.process()
+
+    def process(self):
+        """Serve every request on REQUEST_RING, then re-arm ``req_event`` (ring.h final check)."""
+        if self._busy or not self.connected:
+            return
+        self._busy = True
+        try:
+            while self.rings:
+                ring = self.rings[self.REQUEST_RING]
+                try:
+                    served = self.serve(ring.take_requests())
+                except RingError as err:
+                    self.disconnect(str(err))
+                    return
+                self.push(ring)
+                self.after_push(served)
+                try:
+                    if not self.rings or not ring.final_check_for_requests():
+                        break
+                except RingError as err:
+                    self.disconnect(str(err))
+                    return
+        finally:
+            self._busy = False
