@@ -270,6 +270,8 @@ def _bad_requests(fe, guest, other_guest):
     fe.page(0)[:] = b"\x77" * 4096
     guest.grant_table.grant_access(450, 0, DATA_GFN + 30, readonly=True)   # read-only grant
     other_guest.grant_table.grant_access(460, 0, DATA_GFN)                 # another guest's grant
+    guest.grant_table.grant_access(470, other_guest.domid, DATA_GFN + 29)  # granted to a guest, not dom0
+    guest.grant_table.grant_access(480, 0, (RAM >> 12) + 5)                # a frame it does not own
     seg12 = [(i, 0, 7) for i in range(12)]
     return [
         ("nr_segments > 11", lambda: fe.ring.put_request(
@@ -289,6 +291,12 @@ def _bad_requests(fe, guest, other_guest):
         ("unknown op", lambda: fe.queue(200, 20, 0, [(0, 0, 7)]), EOPNOTSUPP),
         ("barrier", lambda: fe.queue(blkif.BLKIF_OP_WRITE_BARRIER, 21, 0, [(0, 0, 7)]), EOPNOTSUPP),
         ("indirect", lambda: fe.queue(blkif.BLKIF_OP_INDIRECT, 22, 0, [(0, 0, 7)]), EOPNOTSUPP),
+        ("gref granted to another domain", lambda: fe.queue(blkif.BLKIF_OP_WRITE, 23, 0,
+                                                            [(("gref", 470), 0, 7)]), ERROR),
+        ("gref naming a frame the guest does not own",
+         lambda: fe.queue(blkif.BLKIF_OP_READ, 24, 0, [(0, 0, 7), (("gref", 480), 0, 7)]), ERROR),
+        ("write whose last segment runs past the end",
+         lambda: fe.queue(blkif.BLKIF_OP_WRITE, 25, SECTORS - 9, [(0, 0, 7), (1, 0, 1)]), ERROR),
     ]
 
 
@@ -304,9 +312,11 @@ def test_each_malformed_request_gets_an_error_and_changes_nothing(disk, tmp_path
     fe.push()
     rsps = fe.responses()
     got = {rid: status for rid, _, status in rsps}
-    for (name, _, want), rid in zip(cases, range(11, 23)):
+    assert len(cases) == 15
+    for (name, _, want), rid in zip(cases, range(11, 26)):
         assert got[rid] == want, name
     assert got[99] == OKAY and bytes(fe.page(1)) == pattern(99, DISK)[:4096]
+    assert bytes(fe.page(0)) == b"\x77" * 4096      # the refused READ wrote nothing into it
     assert fe.call(blkif.BLKIF_OP_FLUSH_DISKCACHE) == OKAY
     assert converted(path, tmp_path) == before
     assert rig.be.connected and read_state(rig.xs0, rig.be.xenbus.path) == XenbusState.Connected
@@ -367,3 +377,29 @@ def test_orderly_close_unmaps_the_ring(disk):
     rig.fe.xenbus.close()
     assert read_state(rig.xs0, rig.be.xenbus.path) == XenbusState.Closed
     assert not rig.be.connected and rig.guests[0].grant_table.pins(RING_REF) == (0, 0)
+
+
+def test_a_damaged_image_gives_errors_not_a_dead_backend(tmp_path):
+    """An L2 entry pointing past the end of the qcow2 file: requests touching that
+    cluster get BLKIF_RSP_ERROR, the rest of the disk is served, the ring stays up."""
+    path = tmp_path / "damaged.qcow2"
+    create_image(path, "qcow2", DISK, cluster_size=4096)
+    with open_image(path) as img:
+        img.write(0, pattern(99, DISK))
+        l2 = img.map.l1[0] & 0x00FFFFFFFFFFFE00
+    with open(path, "r+b") as f:                    # guest cluster 2 -> far past the end
+        f.seek(l2 + 2 * 8)
+        f.write(((1 << 63) | (1 << 45)).to_bytes(8, "big"))
+    with open_image(path) as img:
+        rig = Rig(img)
+        fe = rig.fe
+        fe.page(0)[:] = b"\x33" * 4096
+        fe.queue(blkif.BLKIF_OP_READ, 1, 16, [(0, 0, 7)])            # cluster 2: damaged
+        fe.queue(blkif.BLKIF_OP_WRITE, 2, 8, [(1, 0, 7), (2, 0, 7)])  # clusters 1-2
+        fe.queue(blkif.BLKIF_OP_READ, 3, 24, [(3, 0, 7)])            # cluster 3: fine
+        fe.push()
+        assert [(r[0], r[2]) for r in fe.responses()] == [(1, ERROR), (2, ERROR), (3, OKAY)]
+        assert bytes(fe.page(0)) == b"\x33" * 4096
+        assert bytes(fe.page(3)) == pattern(99, DISK)[24 * 512:32 * 512]
+        assert rig.be.connected and rig.be.served[ERROR] == 2
+        assert fe.call(blkif.BLKIF_OP_FLUSH_DISKCACHE, rid=4) == OKAY
