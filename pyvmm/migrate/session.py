@@ -3,17 +3,17 @@
 Responsibility: the conversation on top of the record stream (docs/migration-stream.md,
 section "Live migration session"), shared by ``precopy`` (source) and ``receiver``:
 
-- source -> destination: one version-1 stream: ``migration/begin`` (RAM size, page
+- source -> destination: one version-2 stream: ``migration/begin`` (RAM size, page
   size, the VM's config), MEMORY records of round 1, a ``migration/round`` marker,
   further rounds each closed by a marker, the last one flagged ``final`` (sent while
   the source is paused), ``migration/devices`` (the paused VM's device state), END.
-- destination -> source: one version-1 stream holding one ``migration/result``
+- destination -> source: one version-2 stream holding one ``migration/result``
   record (``ok``, ``error``, the receiver's counts) and END, written after the
   destination has taken the VM (``ok`` true) or refused it.
 
 The control messages are DEVICE records whose names start with ``migration/`` and
 whose blob is one state value (a map); a new record type would need a new stream
-version, which version-1 readers (and saved files) do not know.
+version, which older readers (and saved files) do not know.
 
 Invariants: every control value is checked (it is a map, its keys have the types
 named here) before it is used, and a bad one raises MigrationStreamError naming the

@@ -7,7 +7,7 @@ whole; and putting RAM and device state back into a freshly built VM. It does no
 know how a component builds its state: the VMM hands in plain values (``save()`` of
 each component) and gets the same values back.
 
-Layout (all in one version-1 stream): the ``snapshot/config`` DEVICE record first
+Layout (all in one stream of the current version): the ``snapshot/config`` DEVICE record first
 (snapshot format, VM config, RAM size); then DISK records (one per attachment), VCPU
 records, MEMORY records with every page that is not all zeros (a page no entry names
 is zero), one DEVICE record per device (blob: one state value, a map), GRANT_TABLE

@@ -16,6 +16,11 @@ Invariants:
   when the stream is bad.
 - Each record's CRC-32 is seeded with the previous record's CRC (the header's for the
   first), so a record that is dropped, repeated or moved breaks the chain.
+- MEMORY records travel as arrays (``MemoryRecord.batch``): a writer sends the page
+  data buffer as it is (no join, no Page object a page) and a reader hands out
+  ``entries()`` over its one payload buffer. The arrays are in host byte order, which
+  is the wire's little-endian on the x86 hosts pyvmm runs on.
+- A stream of an older version than FORMAT_VERSION is refused, as a newer one is.
 - Reads are incremental: the reader asks the source for exactly the bytes it needs
   next (``read(n)`` of a file, or ``recv`` of a socket), and never more than
   MAX_PAYLOAD bytes for one record, whatever a corrupted length says.

@@ -234,3 +234,46 @@ def test_python_constants_match_the_c_header():
     assert (lib.DS_ERR_TRUNCATED, lib.DS_ERR_OVERRUN, lib.DS_ERR_EMPTY_RUN, lib.DS_ERR_BAD_LENGTH) == (
         dirty_scan.ERR_TRUNCATED, dirty_scan.ERR_OVERRUN, dirty_scan.ERR_EMPTY_RUN,
         dirty_scan.ERR_BAD_LENGTH)
+
+
+# ---- the zero-page check and the page gather of MEMORY records ----
+
+@st.composite
+def _sparse_ram(draw):
+    """RAM of small pages, each all zeros or with a few non-zero bytes anywhere
+    (the first, the last, or one in the middle of the page)."""
+    npages = draw(st.integers(1, 40))
+    ram = bytearray(npages * SMALL)
+    for p in draw(st.lists(st.integers(0, npages - 1), max_size=npages)):
+        ram[p * SMALL + draw(st.integers(0, SMALL - 1))] = draw(st.integers(1, 255))
+    return ram
+
+
+@settings(max_examples=200, deadline=None)
+@given(ram=_sparse_ram(), data=st.data())
+def test_zero_page_check_and_gather_same_in_both_backends(ram, data):
+    npages = len(ram) // SMALL
+    pfns = array("Q", data.draw(st.lists(st.integers(0, npages - 1), max_size=2 * npages)))
+    c, py = DirtyScanner("c", SMALL), DirtyScanner("python", SMALL)
+    want = [p for p in range(npages) if any(ram[p * SMALL:(p + 1) * SMALL])]
+    assert list(c.nonzero_pages(ram)) == list(py.nonzero_pages(ram)) == want
+    enc, lengths, gathered = c.gather_pages(ram, pfns)
+    assert (enc, lengths, gathered) == py.gather_pages(ram, pfns)
+    assert list(enc) == [dirty_scan.PAGE_RAW if p in want else dirty_scan.PAGE_ZERO for p in pfns]
+    assert list(lengths) == [SMALL if p in want else 0 for p in pfns]
+    assert gathered == b"".join(ram[p * SMALL:(p + 1) * SMALL] for p in pfns if p in want)
+
+
+def test_gather_refuses_pages_outside_ram_and_wrong_types(scanner):
+    ram = bytearray(4 * 4096)
+    with pytest.raises(MigrationError, match="page 0x4 is outside the 4-page RAM"):
+        scanner.gather_pages(ram, array("Q", [1, 4]))
+    with pytest.raises(MigrationError, match=r"array\('Q'\)"):
+        scanner.gather_pages(ram, [1, 2])
+
+
+def test_zero_page_check_on_guest_memory(scanner):
+    mem = GuestMemory(2 << 20)
+    mem.write_u8(5 * 4096 + 4095, 1)
+    mem.write_u64(509 * 4096, 1 << 63)
+    assert list(scanner.nonzero_pages(mem)) == [5, 509]
