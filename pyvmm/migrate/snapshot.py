@@ -302,7 +302,10 @@ def restore_memory(memory, snap):
     zeros everywhere else."""
     if memory.size != snap.ram_size:
         raise MigrationError(f"snapshot RAM is {snap.ram_size} bytes, the VM has {memory.size}")
-    memory.fill(0, memory.size)
+    zero = bytes(PAGE_SIZE)
+    for pfn in DirtyScanner().nonzero_pages(memory):    # only these need zeroing: writing
+        if pfn not in snap.pages:                       # all of RAM would touch every page
+            memory.write(pfn * PAGE_SIZE, zero)
     for pfn, data in snap.pages.items():
         memory.write(pfn * PAGE_SIZE, data)
 
