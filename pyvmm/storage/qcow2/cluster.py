@@ -84,6 +84,12 @@ class ClusterMap:
             self.note_plain(gci, e & OFFSET_MASK)
         return e
 
+    def plain_host(self, gci):
+        """Host offset of guest cluster ``gci`` if it is a plain COPIED data cluster inside
+        the file (now remembered in ``plain``), else -1."""
+        self.entry(gci)
+        return self.plain.get(gci, -1)
+
     def plain_run(self, gci, count):
         """Host offset of guest cluster ``gci`` if clusters gci..gci+count-1 are plain
         COPIED data clusters at consecutive host offsets inside the file, else -1.

@@ -127,8 +127,8 @@ class Qcow2Image(DiskImage):
             try:     # a subscript, not dict.get: this is the per-request cost of 4 KiB reads
                 host = self._plain[offset >> self.cluster_bits] if inoff + length <= self.cs \
                     else self._run_start(offset, length)
-            except KeyError:
-                host = -1
+            except KeyError:     # not remembered yet: one L2 lookup remembers it if plain
+                host = self.map.plain_host(offset >> self.cluster_bits)
             if host >= 0:
                 data = _pread(self._fd, length, host + inoff)
                 if len(data) == length:
