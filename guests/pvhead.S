@@ -1,4 +1,4 @@
-/* pvhead.S - entry, Xen ELF notes, hypercall page and upcall entry of the PV guest.
+/* pvhead.S - entry, Xen ELF notes, hypercall page and upcall entry of the PV guests.
  *
  * Built by gcc (the C preprocessor reads the constants from Xen's public headers).
  * pyvmm's PV boot (docs/pv-boot.md) enters _start in 64-bit mode at CPL 0 on its
@@ -19,7 +19,10 @@
 4:	.balign 4;                        \
 	.popsection
 
-ELFNOTE(XEN_ELFNOTE_GUEST_OS, .asciz "pyvmm-pvguest")
+#ifndef PV_GUEST_OS
+#define PV_GUEST_OS "pyvmm-pv"          /* the Makefile names each guest */
+#endif
+ELFNOTE(XEN_ELFNOTE_GUEST_OS, .asciz PV_GUEST_OS)
 ELFNOTE(XEN_ELFNOTE_XEN_VERSION, .asciz "xen-3.0")
 ELFNOTE(XEN_ELFNOTE_LOADER, .asciz "generic")
 ELFNOTE(XEN_ELFNOTE_VIRT_BASE, .quad 0)
