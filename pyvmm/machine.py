@@ -126,7 +126,9 @@ class Platform:
 
 
 class Machine:
-    def __init__(self, config):
+    def __init__(self, config, *, dom0=None, domid=1, name=None):
+        """``dom0`` (a pv.dom0.Dom0), ``domid`` and ``name``: where a --pv guest joins a
+        host of several domains (pv/hypervisor.py); alone it gets its own domain 0."""
         self.config = config
         self.memory = GuestMemory(parse_size(config.memory))
         loader = load_pv_kernel if config.pv else load_kernel
@@ -162,8 +164,9 @@ class Machine:
         self.pv = None
         if config.pv:
             # Domain 0 and the guest's domain; RDTSC exits so that vcpu_time_info is exact.
-            name = os.path.splitext(os.path.basename(config.kernel))[0]
-            self.pv = PvPlatform(self.memory, self.boot, console, name=name, tsc=self.vcpu.guest_tsc)
+            name = name or os.path.splitext(os.path.basename(config.kernel))[0]
+            self.pv = PvPlatform(self.memory, self.boot, console, name=name, tsc=self.vcpu.guest_tsc,
+                                 dom0=dom0, domid=domid)
             self.vcpu.set_pv(self.pv)
         if config.rdtsc_exiting or config.pv:
             self.engine.set_rdtsc_exiting(True)

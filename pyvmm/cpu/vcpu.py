@@ -170,6 +170,10 @@ class Vcpu:
         # vCPU is the calling vCPU of pv/hypercall.py's PvVcpu protocol (vCPU 0).
         self.pv = None
         self.vcpu_id = 0
+        # A scheduled slice (run_slice, pv/hypervisor.py): its end (host ns) arms the
+        # host timer; a kick or SCHEDOP_yield ends it early.
+        self._slice_end = None
+        self._slice_over = False
         engine.on_exit = self._on_exit
         engine.set_cpuid_table(cpuid.table())
 
@@ -239,7 +243,9 @@ class Vcpu:
         self._arm_timer(time.monotonic_ns())
 
     def yield_cpu(self):
-        self.engine.stop_from_exit()        # one vCPU: the slice ends, the guest runs on
+        self.engine.stop_from_exit()        # alone: the guest runs on; scheduled: the slice ends
+        if self._slice_end is not None:
+            self._slice_over = True
 
     def block(self):
         self.halted = True                  # _wait_for_interrupt: until an upcall is due
@@ -411,7 +417,8 @@ class Vcpu:
                 return self._classify_ud(rip)
             err = self.engine.error_code() if vector in ERROR_CODE_VECTORS else None
             cr2 = self.engine.exit_info2() if vector == PF else None
-            if (self.controls.exception_bitmap | self._mmu_vectors) & (1 << vector):
+            if ((self.controls.exception_bitmap | self._mmu_vectors) & (1 << vector)
+                    or vector == DB and self.mmu is not None and self.mmu.stepping):
                 return Exit(_R.EXCEPTION_NMI, cr2 or 0, rip, 0, intr_info(vector, INTR_TYPE_HW_EXCEPTION, err is not None),
                             err or 0, gla=cr2 or 0, seq=seq)
             self.inject(events.Event(vector, events.HW_EXCEPTION, err, cr2))
@@ -590,7 +597,8 @@ class Vcpu:
         """Arm the host timer for the earliest of: the next PIT edge, the preemption
         timer, and (while an interrupt waits for IF=1) a poll of the window."""
         deadline = self._device_deadline(now)
-        for d in (self._preempt_deadline, now + WINDOW_POLL_NS if self._window_wanted else None):
+        for d in (self._preempt_deadline, now + WINDOW_POLL_NS if self._window_wanted else None,
+                  self._slice_end):
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
         self._ticker.arm(deadline)
@@ -649,19 +657,25 @@ class Vcpu:
             if (self.platform.pic.has_pending() or upcall) and not self._window_wanted:
                 self._loop_exit(_R.EXTERNAL_INTERRUPT)
 
+    def _woken(self, now):
+        """A halted vCPU: fire what is due at ``now``; True (and no longer halted) if an
+        interrupt or a PV wake-up (pv_platform.wakes) is there."""
+        pv = self.pv
+        self.platform.tick(now)
+        if pv is not None:
+            pv.tick(now)
+        if self.platform.pic.has_pending() or (pv is not None and pv.wakes(now)):
+            if pv is not None:
+                pv.update_time(self.vcpu_id)
+            self.halted = False
+            return True
+        return False
+
     def _wait_for_interrupt(self):
         """HLT: sleep until an interrupt is pending. False if none can ever come."""
-        pic = self.platform.pic
-        pv = self.pv
         while not self.stopped and not self.pause_requested:
             now = time.monotonic_ns()
-            self.platform.tick(now)
-            if pv is not None:
-                pv.tick(now)
-            if pic.has_pending() or (pv is not None and pv.wakes(now)):
-                if pv is not None:
-                    pv.update_time(self.vcpu_id)
-                self.halted = False
+            if self._woken(now):
                 return True
             deadline = self._device_deadline(now)
             if deadline is None and not self.platform.can_wake():
@@ -670,6 +684,50 @@ class Vcpu:
             wait_ns = 10_000_000 if deadline is None else max(0, deadline - now)
             self.platform.wait(wait_ns / 1e9)
         return False
+
+    # ---- one slice at a time, for pv/scheduler.py's CreditScheduler ----
+    def run_slice(self, max_ns):
+        """Run the guest for at most ``max_ns`` (the host timer ends the slice; a guest
+        that spins without exits overruns by up to Ticker.FORCE_AFTER_NS). Returns
+        (used ns, "runnable" | "blocked" | "stopped"); a halted vCPU that nothing wakes
+        now returns "blocked" at once and ``wake_deadline_ns`` says when it wakes."""
+        if not self._started:
+            self._ticker.start()
+            self._started = True
+        start = time.monotonic_ns()
+        self._slice_end = start + max_ns
+        self._slice_over = False
+        state = "stopped"
+        try:
+            while not self.stopped:
+                if self.halted and not self._woken(time.monotonic_ns()):
+                    state = "blocked"
+                    break
+                self._enter()
+                if self.stopped:
+                    break
+                self.engine.run()
+                self._after_slice()
+                if self.stopped:
+                    break
+                if self._slice_over or time.monotonic_ns() >= self._slice_end:
+                    state = "blocked" if self.halted else "runnable"
+                    break
+        finally:
+            self._slice_end = None
+            self._ticker.arm(None)
+        return time.monotonic_ns() - start, state
+
+    def kick(self):
+        """End the running slice early (the scheduler preempts for a woken vCPU). Any thread."""
+        self._slice_over = True
+        self.engine.kick()
+
+    @property
+    def wake_deadline_ns(self):
+        """A blocked vCPU wakes by itself at this host time (its PIT edge, PV timer or
+        poll timeout), or None: only an event or interrupt wakes it."""
+        return self._device_deadline(time.monotonic_ns())
 
     # ---- the vCPU as plain values (VM snapshots; docs/migration-stream.md) ----
     def request_pause(self):

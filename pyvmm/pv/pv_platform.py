@@ -1,9 +1,9 @@
 """The paravirtual platform of one PV guest: domains, domain-0 backends, timer, upcalls.
 
-Responsibility: what ``pyvmm boot --pv`` adds around the vCPU. It builds the
-DomainTable with domain 0 (the VMM itself, a Python domain) and the guest (domid 1,
-over the machine's GuestMemory, its shared_info and grant-table frames where
-boot/pvboot.py laid them out); connects the guest's console and xenstore rings to
+Responsibility: what ``pyvmm boot --pv`` adds around the vCPU. It adds the guest
+(domid 1 by default, over the machine's GuestMemory, its shared_info and grant-table
+frames where boot/pvboot.py laid them out) to domain 0's DomainTable (a ``dom0.Dom0``
+shared by every guest of the process, or its own when it runs alone); connects the guest's console and xenstore rings to
 their domain-0 backends through event channels bound interdomain (the guest's ports
 are allocated unbound for domain 0, domain 0 binds them with Python callbacks, as
 Xen's toolstack and xenconsoled/xenstored do); writes start_info; and keeps the
@@ -34,8 +34,8 @@ import time
 from pyvmm.boot.pvboot import write_start_info
 from pyvmm.pv import abi
 from pyvmm.pv.console import ConsoleBackend
-from pyvmm.pv.domain import Domain, DomainTable
-from pyvmm.pv.xenstore import LocalClient, Perm, Xenstore, domain_path
+from pyvmm.pv.dom0 import Dom0
+from pyvmm.pv.domain import Domain
 
 GUEST_DOMID = 1
 TSC_PER_NS = 2                             # the vCPU's TSC runs at 2 GHz (Vcpu.guest_tsc)
@@ -46,18 +46,21 @@ _U32 = struct.Struct("<I")
 
 
 class PvPlatform:
-    """Domain 0 and guest ``name`` (domid 1) on ``memory`` as ``boot`` (a PvBootInfo) laid it out."""
+    """Guest ``name`` (domain ``domid``) on ``memory`` as ``boot`` (a PvBootInfo) laid it
+    out, served by ``dom0`` (a shared Dom0; a new one if None)."""
 
     def __init__(self, memory, boot, console_write, name="pvguest", clock=time.monotonic_ns,
-                 wallclock=time.time_ns, tsc=None):
+                 wallclock=time.time_ns, tsc=None, dom0=None, domid=GUEST_DOMID):
         self.clock = clock
         self.boot_ns = clock()
         # The vCPU's TSC (Vcpu.guest_tsc); without a vCPU, 2 x system time.
         self.tsc = tsc or (lambda: TSC_PER_NS * self.system_time_ns())
         lay = boot.layout
-        self.domains = DomainTable()
-        self.dom0 = self.domains.add(Domain(0, name="Domain-0", privileged=True))
-        self.guest = self.domains.add(Domain(GUEST_DOMID, memory, name=name, grant_frames=lay.grant_frames))
+        self.host = dom0 if dom0 is not None else Dom0()
+        self.domains = self.host.domains
+        self.dom0 = self.host.domain
+        self.domid = domid
+        self.guest = Domain(domid, memory, name=name, grant_frames=lay.grant_frames)
         self.guest.place_shared_info(lay.shared_info_gfn)
         self.guest.shared_info()[_UPCALL_MASK] = 1
         self._write_wallclock(wallclock())
@@ -71,25 +74,20 @@ class PvPlatform:
         # The console ring, xenconsoled's way: a guest port for domain 0, bound by domain 0.
         memory.fill(lay.console_page, abi.PAGE_SIZE)
         memory.fill(lay.store_page, abi.PAGE_SIZE)
+        self.xenstore = self.host.xenstore
+        self.xs = self.host.xs
+        self.xenstore_conn = self.host.add_guest(self.guest, self.guest.page(lay.store_gfn),
+                                                 lambda: self.dom0.evtchn.send(self.dom0_store_port))
         chans = self.guest.evtchn
         self.console_port = chans.alloc_unbound(abi.DOMID_SELF, 0)
         self.store_port = chans.alloc_unbound(abi.DOMID_SELF, 0)
         self.console = ConsoleBackend(self.guest.page(lay.console_gfn), console_write,
                                       lambda: self.dom0.evtchn.send(self.dom0_console_port))
-        self.dom0_console_port = self.dom0.evtchn.bind_interdomain(GUEST_DOMID, self.console_port,
+        self.dom0_console_port = self.dom0.evtchn.bind_interdomain(domid, self.console_port,
                                                                    notify=self.console.on_event)
-        # The xenstore ring: introduced to the store, served on every event.
-        self.xenstore = Xenstore()
-        self.xenstore_conn = self.xenstore.introduce(GUEST_DOMID, self.guest.page(lay.store_gfn),
-                                                     lambda: self.dom0.evtchn.send(self.dom0_store_port))
+        # The xenstore ring: introduced to the store above, served on every event.
         self.dom0_store_port = self.dom0.evtchn.bind_interdomain(
-            GUEST_DOMID, self.store_port, notify=lambda port: self.xenstore_conn.handle())
-        self.xs = LocalClient(self.xenstore, 0)
-        home = domain_path(GUEST_DOMID)
-        self.xs.write(f"{home}/domid", str(GUEST_DOMID))
-        self.xs.write(f"{home}/name", name)
-        self.xs.mkdir(f"{home}/data")                      # libxl's rw directory for the guest
-        self.xs.set_perms(f"{home}/data", [Perm(GUEST_DOMID, "n")])
+            domid, self.store_port, notify=lambda port: self.xenstore_conn.handle())
         write_start_info(memory, boot, self.store_port, self.console_port)
 
     # --- time -----------------------------------------------------------------------
