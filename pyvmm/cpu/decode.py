@@ -6,7 +6,7 @@ works with any guest paging mode. Results are cached per (CR3, linear address,
 bytes): decoding is only paid once per instruction site.
 """
 
-from capstone import CS_AC_WRITE, CS_ARCH_X86, CS_MODE_16, CS_MODE_32, CS_MODE_64, Cs
+from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, CS_MODE_64, Cs
 from capstone import x86_const as CX
 
 from pyvmm.errors import GuestFault, GuestMemoryError
@@ -94,14 +94,6 @@ def cr_operands(insn):
     if ops[1].reg in _CR_NUM:
         return _CR_NUM[ops[1].reg], _GPR_NUM.get(ops[0].reg, 0), False
     return None
-
-
-def memory_operand_writes(insn):
-    """True if the instruction writes its first memory operand (capstone's access flags)."""
-    for op in insn.cs_insn.operands:
-        if op.type == CX.X86_OP_MEM:
-            return bool(op.access & CS_AC_WRITE)
-    return False
 
 
 def memory_operand_address(insn, regs):

@@ -18,9 +18,7 @@ from pyvmm.cpu import events
 from pyvmm.cpu.exits import (DB, PF, CR_CLTS, CR_MOV_FROM, CR_MOV_TO, EXCEPTION_NAMES, GP, GPR_NAMES,
                              IO_SIZE_OF_CODE, ExitReason, decode_cr_qualification, decode_intr_info)
 from pyvmm.cpu.state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_IF, RFLAGS_TF)
-from pyvmm.cpu.decode import decode, memory_operand_address, memory_operand_writes
-from pyvmm.errors import GuestFault, GuestMemoryError
-from pyvmm.mm.pagewalk import PFEC_RSVD, translate
+from pyvmm.errors import GuestFault
 from pyvmm.mm import ept
 from pyvmm.mm.shadow import ShadowUnsupported
 
@@ -211,47 +209,23 @@ def handle_invlpg(vm, ex):
 
 
 def handle_ept_violation(vm, ex):
-    """EPT violations the VMM caused itself (dirty logging) are
-    resolved by the MMU and the instruction runs again; any other stops the VM:
-    the guest touched guest-physical memory it has no right to."""
+    """EPT violations the VMM caused itself (dirty logging) or that a PC answers
+    without memory (beyond RAM: all ones, writes dropped) are resolved by the MMU and
+    the instruction runs again; any other stops the VM: the guest touched
+    guest-physical memory it has no right to."""
     access = ex.qualification & (ept.QUAL_READ | ept.QUAL_WRITE | ept.QUAL_FETCH)
     kind = {ept.QUAL_READ: "read", ept.QUAL_WRITE: "write", ept.QUAL_FETCH: "fetch"}[access]
     found = ex.qualification >> 3 & ept.RWX      # QUAL_READABLE/WRITABLE/EXECUTABLE
-    note = vm.mmu.on_violation(ex.gpa, access, found) if vm.mmu is not None else None
-    if note is None and not vm.mem.contains(ex.gpa):
-        fault = _walk_fault_beyond_ram(vm, ex)
-        if fault is not None:
-            vm.inject(events.Event(fault.vector, events.HW_EXCEPTION, fault.error_code, fault.cr2))
-            return Resume(lambda: f"EPT violation at guest-physical {ex.gpa:#x} beyond RAM was the guest's own "
-                                  f"page walk: a table there reads as all ones, #PF error code "
-                                  f"{fault.error_code:#x} injected (CR2 {fault.cr2:#x})", advance=False)
+    mmu = vm.mmu
+    note = mmu.on_violation(ex.gpa, access, found) if mmu is not None else None
     if note is None:
         return Shutdown(1, f"EPT violation: {kind} at guest-physical {ex.gpa:#x} (RIP {ex.rip:#x}), "
                            f"permissions {ept.perms_name(found)}: no memory the guest may use there")
+    if not vm.mem.contains(ex.gpa):
+        if mmu.stepping:
+            _begin_mmu_step(vm)
+        vm.flush_tlb()                           # the page beyond RAM now maps another VMM page
     return Resume(lambda: f"EPT violation ({kind} at {ex.gpa:#x}): {note}", advance=False)
-
-
-def _walk_fault_beyond_ram(vm, ex):
-    """Was this violation the guest's own page walk reading a table beyond RAM? The
-    engine cannot say (QEMU drops EXITINFO1 bit 33, "during the guest's walk"), so root
-    mode walks again: the instruction at RIP (its fetch) and its memory operand, with
-    the access the instruction makes. On a PC a table beyond RAM reads as all ones, so
-    such a walk gives #PF with RSVD; that GuestFault is returned. None if the walks
-    succeed (the access itself went beyond RAM) or cannot be redone."""
-    paging = vm.paging()
-    user = vm.cpu.cpl == 3
-    try:
-        insn = decode(vm.mem, paging, ex.rip, vm.cpu.code_bits)
-        if insn is None:
-            return None
-        linear = memory_operand_address(insn, vm.regs)
-        if linear is not None:
-            translate(vm.mem, paging, linear, write=memory_operand_writes(insn), user=user)
-    except GuestFault as fault:
-        return fault if fault.vector == 14 and fault.error_code & PFEC_RSVD else None
-    except GuestMemoryError:
-        return None
-    return None
 
 
 def handle_rdtsc(vm, ex):
@@ -271,18 +245,26 @@ def handle_shadow_page_fault(vm, ex):
     if out.kind == "stop":
         return Shutdown(1, f"shadow MMU: {out.note} (RIP {ex.rip:#x})")
     if out.kind == "reflect":
-        _end_shadow_step(vm)
+        _end_mmu_step(vm)
         fault = out.fault
         vm.inject(events.Event(fault.vector, events.HW_EXCEPTION, fault.error_code, fault.cr2))
-    elif out.kind == "step" and mmu.step_guest_tf is None:
-        mmu.step_guest_tf = bool(vm.regs.rflags & RFLAGS_TF)
-        vm.regs.rflags |= RFLAGS_TF
+    elif out.kind == "step":
+        _begin_mmu_step(vm)
     return Resume(out.note, advance=False)
 
 
-def _end_shadow_step(vm):
-    """Finish a single-stepped page-table write; True if the guest set TF itself
-    (then the #DB is the guest's too)."""
+def _begin_mmu_step(vm):
+    """Single-step the instruction at RIP (TF) for the MMU: the #DB it ends with exits
+    while ``vm.mmu.stepping``, and ``_end_mmu_step`` finishes."""
+    mmu = vm.mmu
+    if mmu.step_guest_tf is None:
+        mmu.step_guest_tf = bool(vm.regs.rflags & RFLAGS_TF)
+        vm.regs.rflags |= RFLAGS_TF
+
+
+def _end_mmu_step(vm):
+    """Finish an MMU single step (a shadowed page-table write, a write beyond RAM);
+    True if the guest set TF itself (then the #DB is the guest's too)."""
     mmu = vm.mmu
     if not mmu.step_done():
         return False
@@ -296,12 +278,12 @@ def _end_shadow_step(vm):
 def handle_exception(vm, ex):
     info = decode_intr_info(ex.intr_info)
     vector = info["vector"]
-    if _shadow_mmu(vm) is not None:
-        if vector == PF:
-            return handle_shadow_page_fault(vm, ex)
-        if vector == DB and vm.mmu.stepping and not _end_shadow_step(vm):
-            return Resume("single-stepped page-table write done: the shadow pages derived from it dropped",
-                          advance=False)
+    if vector == PF and _shadow_mmu(vm) is not None:
+        return handle_shadow_page_fault(vm, ex)
+    if vector == DB and getattr(vm.mmu, "stepping", False) and not _end_mmu_step(vm):
+        return Resume("single-stepped write done: " + ("the shadow pages derived from it dropped"
+                                                      if vm.mmu.mode == "shadow" else "the page beyond RAM reads all ones again"),
+                      advance=False)
     error = ex.intr_error if info["error_valid"] else None
     cr2 = ex.gla if vector == 14 else None
     vm.inject(events.Event(vector, info["type"], error, cr2))

@@ -18,11 +18,14 @@ CPU never writes to the table.
 Invariants:
 - a permission set with W or X but not R is an EPT misconfiguration (SDM Vol. 3C,
   28.3.3.1) and is refused when asked for (``EptMisconfig``), never written;
-- every mapped guest page maps host page ``gpa + offset``: pyvmm's root mode reads
-  guest memory by guest-physical address, so the table may remove or restrict
-  pages but never moves them (``offset`` is fixed per table);
+- every mapped guest page of RAM maps host page ``gpa + offset``: pyvmm's root mode
+  reads guest memory by guest-physical address, so the table may remove or restrict
+  RAM pages but never moves them (``offset`` is fixed per table). Only pages beyond
+  RAM may map one of the VMM's own pages (``map_host``): they have no memory a root
+  mode access could mean;
 - the table lives in ``pool`` (a writable buffer the engine sees at host-physical
-  ``pool_base``); table pages are only ever allocated, never freed, until ``reset``;
+  ``pool_base``); table pages are allocated from it and given back only by
+  ``drop_host_maps`` (the tables ``map_host`` made) or ``reset``;
 - changing a mapping to fewer permissions needs a TLB flush by the caller
   (``map``/``protect``/``unmap`` return True when one is needed); adding
   permissions never does: the CPU re-walks when its cached entry says no.
@@ -41,6 +44,8 @@ _NX = 1 << 63
 _ADDR = 0x000F_FFFF_FFFF_F000
 _TABLE = _P | _RW | _US | _A          # non-leaf entries allow everything; leaves decide
 _Q = struct.Struct("<Q")
+HOST_MAP_PAGES = 64     # pool pages for the VMM pages and tables of accesses beyond RAM
+MAX_GPA = 1 << 48       # guest-physical addresses the 4-level table can map
 
 # EPT-violation exit qualification (SDM Vol. 3C, Table 28-7)
 QUAL_READ, QUAL_WRITE, QUAL_FETCH = 1, 2, 4
@@ -100,25 +105,87 @@ class EptTable:
 
     @staticmethod
     def pool_pages_for(ram_size):
-        """Pages a table needs to map ``ram_size`` bytes from 0 entirely with 4 KiB leaves."""
+        """Pages a table needs to map ``ram_size`` bytes from 0 entirely with 4 KiB
+        leaves, plus HOST_MAP_PAGES for the pages beyond RAM (``map_host``)."""
         gib = -(-ram_size // (1 << 30))
-        return 2 + gib + -(-ram_size // LARGE) + 1
+        return 2 + gib + -(-ram_size // LARGE) + 1 + HOST_MAP_PAGES
 
     def reset(self):
         """Forget every mapping (the whole table unmapped)."""
         self._pool[:PAGE] = bytes(PAGE)
         self._next = 1
+        self._free = []
+        self._host_pages = {}                      # name -> host-physical page (vmm_page)
+        self._host_leaves = []                     # leaf slots map_host wrote
+        self._host_tables = []                     # (parent slot, table page) map_host allocated
         self.root = self.pool_base                 # host-physical address of the PML4
         self.splits = 0
 
     # ---- table pages ----
     def _alloc(self):
-        if (self._next + 1) * PAGE > len(self._pool):
+        if self._free:
+            hpa = self._free.pop()
+        elif (self._next + 1) * PAGE > len(self._pool):
             raise EptPoolExhausted(f"EPT pool of {len(self._pool) // PAGE} pages is full")
-        hpa = self.pool_base + self._next * PAGE
-        self._pool[self._next * PAGE:(self._next + 1) * PAGE] = bytes(PAGE)
-        self._next += 1
+        else:
+            hpa = self.pool_base + self._next * PAGE
+            self._next += 1
+        off = hpa - self.pool_base
+        self._pool[off:off + PAGE] = bytes(PAGE)
         return hpa
+
+    def vmm_page(self, name, fill=0):
+        """Host-physical address of a page of the VMM's own, taken from the pool once
+        (until ``reset``) and filled with the byte ``fill``: what pages beyond RAM map."""
+        hpa = self._host_pages.get(name)
+        if hpa is None:
+            hpa = self._alloc()
+            off = hpa - self.pool_base
+            self._pool[off:off + PAGE] = bytes([fill]) * PAGE
+            self._host_pages[name] = hpa
+        return hpa
+
+    def map_host(self, gpa, hpa, perms):
+        """Map the 4 KiB page at ``gpa`` (beyond RAM) to the VMM's page ``hpa``. The
+        table pages this needs are remembered and given back by ``drop_host_maps``.
+        Returns True if permissions or the target changed (a TLB flush is needed)."""
+        if gpa % PAGE or hpa % PAGE or not 0 <= gpa < 1 << 48:
+            raise ValueError(f"EPT page {gpa:#x} -> {hpa:#x} is not page aligned or beyond 48 bits")
+        leaf = _leaf(hpa, perms, False)
+        table = self.root
+        for shift in (39, 30, 21):
+            slot = self._slot(table, gpa, shift)
+            entry = self._get(slot)
+            if shift == 21 and entry & _PS:
+                self._split(slot)
+                entry = self._get(slot)
+            if not entry & _P:
+                entry = self._alloc() | _TABLE
+                self._set(slot, entry)
+                self._host_tables.append((slot, entry & _ADDR))
+            table = entry & _ADDR
+        slot = self._slot(table, gpa, 12)
+        old = self._get(slot)
+        self._set(slot, leaf)
+        if not old & _P:
+            self._host_leaves.append(slot)
+        return bool(old & _P) and old != leaf
+
+    @property
+    def host_maps(self):
+        """How many pages map a VMM page (``map_host``)."""
+        return len(self._host_leaves)
+
+    def drop_host_maps(self):
+        """Unmap every page ``map_host`` mapped and give back the table pages it
+        allocated (they hold nothing else: RAM's tables all exist before). The caller
+        flushes the TLB."""
+        for slot in self._host_leaves:
+            self._set(slot, 0)
+        for slot, page in reversed(self._host_tables):
+            self._set(slot, 0)
+            self._free.append(page)
+        self._host_leaves, self._host_tables = [], []
 
     def _get(self, hpa_slot):
         return _Q.unpack_from(self._pool, hpa_slot - self.pool_base)[0]
@@ -248,7 +315,7 @@ class EptTable:
 
     @property
     def pages_used(self):
-        return self._next
+        return self._next - len(self._free)
 
 
 def qualification(access, found_perms):
@@ -280,9 +347,16 @@ class EptMmu:
     - Dirty logging: ``start_dirty_log`` takes W from every page; a write exits once
       per page, marks the log and gives W back. ``read_dirty_log`` returns the bitmap,
       clears it and write-protects again.
-    - Anything else (a page not mapped, a write to a page the VMM made read-only for
-      its own reasons) is not handled here: ``on_violation`` returns None and the
-      exit handler decides (stop the VM with the reason).
+    - Beyond RAM the guest sees what a PC's open bus gives: the page is mapped, read
+      and execute, to one VMM page of all ones (so a page table there has every
+      reserved bit set and the CPU's own walk gives #PF with RSVD, and data reads
+      as ~0); a write there is single-stepped (``stepping``; the caller sets TF and
+      calls ``step_done`` at the #DB) into a scratch page, which drops it. When the
+      pool pages kept for this run out, every such mapping is dropped and made
+      again on demand.
+    - Anything else (a RAM page not mapped, a write to a page the VMM made read-only
+      for its own reasons) is not handled here: ``on_violation`` returns None and
+      the exit handler decides (stop the VM with the reason).
 
     Not offered: execute tracking (RAM non-executable until first fetched), which
     would keep Unicorn's stores to data pages off its slow path. QEMU 5.0's nested
@@ -297,6 +371,9 @@ class EptMmu:
         self.ram_size = ram_size
         self.dirty_log = None
         self.logged_writes = 0
+        self.beyond_ram = dict(mapped=0, writes_dropped=0, recycled=0)
+        self._step_pages = []                       # pages beyond RAM mapped to the scratch page
+        self.step_guest_tf = None                   # during a step: had the guest set TF itself?
         table.map(0, ram_size, RWX)
 
     @property
@@ -308,15 +385,55 @@ class EptMmu:
         QUAL_READ/WRITE/FETCH, ``perms`` what the table granted there (from the
         qualification; 0: not mapped). Returns a note (str) if the guest can go on,
         or None."""
-        if not perms or gpa >= self.ram_size:
-            return None
         page = gpa & ~(PAGE - 1)
+        if gpa >= self.ram_size:
+            return self._beyond_ram(page, access, perms)
+        if not perms:
+            return None
         if access == QUAL_WRITE and not perms & W and self.dirty_log is not None:
             self.dirty_log.mark(page)
             self.table.change(page, PAGE, add=W)
             self.logged_writes += 1
             return f"first write to page {page:#x} since the dirty log was read: logged, write granted"
         return None
+    def _beyond_ram(self, page, access, perms):
+        if page >= MAX_GPA:
+            return None
+        if not perms:
+            self._map_host(page, "open bus", R | X)
+            self.beyond_ram["mapped"] += 1
+            return (f"no memory at guest-physical {page:#x} (beyond RAM): mapped to a page of all ones, "
+                    "what a PC's open bus reads")
+        if access == QUAL_WRITE and not perms & W:
+            self._map_host(page, "scratch", RWX)
+            self._step_pages.append(page)
+            self.beyond_ram["writes_dropped"] += 1
+            return f"write to guest-physical {page:#x} beyond RAM: single-stepped into a scratch page, dropped"
+        return None
+
+    def _map_host(self, page, name, perms):
+        try:
+            self.table.map_host(page, self.table.vmm_page(name, 0xFF), perms)
+        except EptPoolExhausted:
+            # Every page beyond RAM the guest touched holds its tables: give them all
+            # back (the ones in use come again on demand) and map this one.
+            self.table.drop_host_maps()
+            self.beyond_ram["recycled"] += 1
+            self.table.map_host(page, self.table.vmm_page(name, 0xFF), perms)
+
+    @property
+    def stepping(self):
+        return bool(self._step_pages)
+
+    def step_done(self):
+        """The single-stepped write beyond RAM completed: its page reads all ones
+        again. True if a step was pending (else the #DB is the guest's own); the
+        caller flushes the TLB."""
+        pages, self._step_pages = self._step_pages, []
+        for page in pages:
+            self._map_host(page, "open bus", R | X)
+        return bool(pages)
+
     def start_dirty_log(self, log):
         """Track writes into ``log`` (a DirtyLog). Returns True: the TLB must be flushed."""
         self.dirty_log = log

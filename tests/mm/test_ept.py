@@ -96,7 +96,48 @@ def test_mmu_leaves_violations_it_did_not_cause_to_the_handler():
     mmu = EptMmu(t, 64 * MiB)
     assert t.perms(0x500000) == R | W | X
     assert mmu.on_violation(0x500123, ept.QUAL_WRITE, R | X) is None   # no dirty log running
-    assert mmu.on_violation(64 * MiB, ept.QUAL_READ, 0) is None        # no RAM there
+    t.unmap(0x600000, 0x1000)                                           # e.g. ballooned out
+    assert mmu.on_violation(0x600000, ept.QUAL_READ, 0) is None
+    assert mmu.on_violation(1 << 48, ept.QUAL_READ, 0) is None          # beyond what the table maps
+
+
+def page_bytes(t, gpa):
+    hpa = t.lookup(gpa)[0] & ~0xFFF
+    return bytes(t._pool[hpa - POOL_BASE:hpa - POOL_BASE + 4096])
+
+
+def test_beyond_ram_reads_all_ones_and_writes_are_stepped_into_a_scratch_page():
+    t = table()
+    mmu = EptMmu(t, 64 * MiB)
+    far = 0x7_1234_5000
+    assert "all ones" in mmu.on_violation(far + 0x18, ept.QUAL_READ, 0)
+    hpa, perms, size = t.lookup(far)
+    assert perms == R | X and size == 4096 and POOL_BASE <= hpa < POOL_BASE + len(t._pool)
+    assert page_bytes(t, far) == b"\xff" * 4096 and raw_entry(t, far) & (1 << 63) == 0   # never NX
+    assert not mmu.stepping
+    assert "single-stepped" in mmu.on_violation(far, ept.QUAL_WRITE, R | X)
+    assert mmu.stepping and t.perms(far) == R | W | X and t.lookup(far)[0] != hpa
+    scratch = t.lookup(far)[0]
+    t._pool[scratch - POOL_BASE] = 0x12                                  # the stepped write lands here
+    assert mmu.step_done() and not mmu.stepping and not mmu.step_done()
+    assert t.lookup(far)[:2] == (hpa, R | X) and page_bytes(t, far) == b"\xff" * 4096
+    assert mmu.beyond_ram == dict(mapped=1, writes_dropped=1, recycled=0)
+    # RAM is untouched by all this
+    assert t.lookup(0x1000)[:2] == (0x1000, R | W | X)
+
+
+def test_beyond_ram_pages_are_recycled_when_their_pool_share_runs_out():
+    t = table(8 * MiB)
+    mmu = EptMmu(t, 8 * MiB)
+    used = t.pages_used
+    for i in range(ept.HOST_MAP_PAGES * 2):                  # each in its own 512 GiB: 3 tables apiece
+        assert mmu.on_violation((i + 1) << 39, ept.QUAL_READ, 0)
+    assert mmu.beyond_ram["recycled"] >= 1
+    assert t.perms(((ept.HOST_MAP_PAGES * 2) << 39)) == R | X          # the latest is mapped
+    assert t.perms(1 << 39) == 0                                          # an early one was given back
+    assert t.lookup(0x7ff000)[:2] == (0x7ff000, R | W | X)
+    t.drop_host_maps()
+    assert t.pages_used == used + 1                                       # only the all-ones page stays
 
 
 def test_mmu_dirty_log_marks_each_written_page_once_per_round():
