@@ -30,6 +30,12 @@
 #define DOM0_WAIT_NS 300000000ULL            /* how long to wait for domain 0 */
 #define barrier() __asm__ __volatile__("" ::: "memory")
 #define mb() __asm__ __volatile__("mfence" ::: "memory")
+#define rmb() barrier()                     /* x86: loads are not reordered with loads */
+#define wmb() barrier()                     /* x86: stores are not reordered with stores */
+/* io/ring.h wants the includer's barriers (since interface version 0x00030208) */
+#define xen_mb() mb()
+#define xen_rmb() rmb()
+#define xen_wmb() wmb()
 
 extern start_info_t *si;
 extern shared_info_t *shared;

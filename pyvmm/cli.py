@@ -1,6 +1,7 @@
 """The pyvmm command line: boot, trace.
 
     pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats] [--control SOCKET]
+    pyvmm boot --pv KERNEL [--disk FILE[,format=raw|qcow2][,readonly]] ...   (disks for blkfront)
     pyvmm restore FILE [--stats] [--control SOCKET]    (a VM saved by `pyvmm ctl SOCKET save FILE`)
     pyvmm receive --listen HOST:PORT [--stats] [--control SOCKET]   (the destination of `ctl migrate`)
     pyvmm ctl SOCKET status|pause|resume|save FILE|migrate HOST:PORT|info-migrate|quit
@@ -67,6 +68,8 @@ def _parser():
         sp.add_argument("--pv", action="store_true",
                         help="boot the kernel the Xen PV way: Xen ELF notes, start_info, console and "
                              "xenstore rings, event channels (docs/pv-boot.md)")
+        sp.add_argument("--disk", action="append", default=[], metavar="FILE[,format=raw|qcow2][,readonly]",
+                        help="with --pv: a disk for the guest's blkfront (xvda, xvdb ... in order; repeatable)")
         sp.add_argument("--mmu", choices=("ept", "shadow", "direct"), default="ept",
                         help="ept: the VMM's EPT-style table under the guest's (default); shadow: the VMM's "
                              "shadow tables built from the guest's (CR3, INVLPG, #PF and page-table "
@@ -176,7 +179,7 @@ def _config(args, console):
     from pyvmm.machine import VmConfig
     return VmConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=args.memory,
                     exception_bitmap=_exception_bitmap(args.exceptions), rdtsc_exiting=args.rdtsc_exiting,
-                    console=console, mmu=args.mmu, pv=args.pv,
+                    console=console, mmu=args.mmu, pv=args.pv, disks=args.disk,
                     # an interactive `boot` types into COM1; step reads its commands from stdin
                     stdin=args.command == "boot" and sys.stdin.isatty())
 

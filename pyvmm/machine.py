@@ -30,6 +30,7 @@ from pyvmm.cpu.svm import VMEXIT_HLT, VMEXIT_INVLPG, VMEXIT_MSR, VMEXIT_SHUTDOWN
     VMEXIT_WBINVD, intercept_bit
 from pyvmm.cpu.vcpu import Vcpu
 from pyvmm.cpu.vmcs import VmcsControls
+from pyvmm.devices.block.vbd import attach_vbds, detach_vbds, open_disks
 from pyvmm.devices.bus import IoBus
 from pyvmm.devices.cmos import Mc146818
 from pyvmm.devices.i8042 import I8042
@@ -74,6 +75,9 @@ class VmConfig:
     # Boot the kernel the Xen PV way (boot/pvboot.py, docs/pv-boot.md): Xen ELF notes,
     # start_info, console and xenstore rings served by domain 0, event-channel upcalls.
     pv: bool = False
+    # Disks for a PV guest's blkfront (devices/block/vbd.py): "FILE[,format=raw|qcow2][,readonly]"
+    # strings or DiskSpecs, served as xvda, xvdb ... by a blkback each in domain 0.
+    disks: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
@@ -130,6 +134,9 @@ class Machine:
         """``dom0`` (a pv.dom0.Dom0), ``domid`` and ``name``: where a --pv guest joins a
         host of several domains (pv/hypervisor.py); alone it gets its own domain 0."""
         self.config = config
+        self.vbds = []
+        if config.disks and not config.pv:
+            raise ConfigError("--disk needs --pv: disks are served to a PV guest's blkfront")
         self.memory = GuestMemory(parse_size(config.memory))
         loader = load_pv_kernel if config.pv else load_kernel
         self.boot = loader(config.kernel, self.memory, initrd=config.initrd, cmdline=config.cmdline)
@@ -168,6 +175,12 @@ class Machine:
             self.pv = PvPlatform(self.memory, self.boot, console, name=name, tsc=self.vcpu.guest_tsc,
                                  dom0=dom0, domid=domid)
             self.vcpu.set_pv(self.pv)
+            if config.disks:
+                try:
+                    self.vbds = attach_vbds(self.pv, open_disks(config.disks))
+                except BaseException:
+                    self.close()
+                    raise
         if config.rdtsc_exiting or config.pv:
             self.engine.set_rdtsc_exiting(True)
         self.engine.enter(self._guest_entry())
@@ -370,6 +383,8 @@ class Machine:
         if self.engine.uc is not None:
             self.vcpu.close()
             self.engine.close()
+        vbds, self.vbds = self.vbds, []
+        detach_vbds(vbds)              # backends stopped, images flushed and closed
 
 
 def entry_controls(mmu=None):

@@ -29,6 +29,7 @@ GUESTS = {                         # name -> (ELF class, e_machine)
     "vmexit": (64, "EM_X86_64"),
     "memdirty": (64, "EM_X86_64"),
     "pvguest": (64, "EM_X86_64"),
+    "blkfront": (64, "EM_X86_64"),
     "hello32": (32, "EM_386"),
     "exceptions32": (32, "EM_386"),
 }
