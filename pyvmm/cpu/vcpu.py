@@ -46,6 +46,7 @@ _REASONS = frozenset(int(r) for r in ExitReason)
 _new_exit = tuple.__new__
 VMCALL_BYTES = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")     # VMCALL (Intel), VMMCALL (AMD)
 WINDOW_POLL_NS = 200_000
+SLICE_FORCE_AFTER_NS = 200_000   # run_slice: a spinning guest is stopped this soon after its slice
 
 
 class ExitStats:
@@ -697,6 +698,8 @@ class Vcpu:
         start = time.monotonic_ns()
         self._slice_end = start + max_ns
         self._slice_over = False
+        # A slice must end near its time even for a guest that spins without exits.
+        self._ticker.FORCE_AFTER_NS = SLICE_FORCE_AFTER_NS
         state = "stopped"
         try:
             while not self.stopped:
@@ -716,6 +719,7 @@ class Vcpu:
         finally:
             self._slice_end = None
             self._ticker.arm(None)
+            del self._ticker.FORCE_AFTER_NS
         return time.monotonic_ns() - start, state
 
     def kick(self):

@@ -33,6 +33,7 @@ from pyvmm.pv.scheduler import ALL_STOPPED, DEFAULT_WEIGHT, CreditScheduler, for
 
 SPEC_KEYS = ("name", "cmdline", "memory", "weight", "cap", "initrd")
 _KEY_SPLIT = re.compile(r",(?=(?:%s)=)" % "|".join(SPEC_KEYS))
+SWITCH_INTERVAL_S = 0.0002
 NOTHING_WAKES = "domain blocked with nothing to wake it: every live domain is blocked without a timer"
 
 
@@ -203,6 +204,10 @@ class Hypervisor:
     # ---- running ----
     def run(self):
         """Run until every domain has stopped; returns {domid: DomainResult}."""
+        # The host timers (Ticker threads) that end slices need the GIL while a guest's
+        # hypercalls run Python: hand it over within SWITCH_INTERVAL_S, not the default 5 ms.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
         try:
             while self.scheduler.run() != ALL_STOPPED:
                 pass
@@ -213,6 +218,7 @@ class Hypervisor:
                     self._stopped(entry)
             raise
         finally:
+            sys.setswitchinterval(switch)
             for write in self.consoles.values():
                 write.flush()
         return dict(sorted(self.results.items()))
