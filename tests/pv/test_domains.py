@@ -142,3 +142,14 @@ def test_domains_that_nothing_can_wake_are_stopped():
         assert entry.vcpu.stopped and entry.vcpu.reason == NOTHING_WAKES
     finally:
         host.close()
+
+
+def test_boot_domains_reports_each_domain_and_the_first_failure(capsys):
+    from pyvmm.pv.hypervisor import boot_domains
+    code = boot_domains([guest("pvballoon", name="ok"), guest("pvballoon", "touch=1", name="bad")], stats=True)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "pyvmm: domain 1 (ok): guest powered off (SCHEDOP_shutdown poweroff)" in err
+    assert re.search(r"pyvmm: domain 2 \(bad\): status 1: EPT violation", err)
+    assert "domain weight" in err and "domain 2 (bad):" in err
+    assert boot_domains([guest("no-such-kernel")]) == 2
