@@ -87,7 +87,7 @@ def _prefill(img_path, fmt, size):
             img.write(pos, chunk[:size - pos])
 
 
-def bench_storage(size=256 << 20, count_4k=20000, rounds=3, workdir=None):
+def bench_storage(size=256 << 20, count_4k=20000, rounds=5, workdir=None):
     """Measure every pattern on host/raw/qcow2/QEMU; returns {pattern: {...}}."""
     tmp = tempfile.mkdtemp(prefix="pyvmm-bench-", dir=workdir)
     try:

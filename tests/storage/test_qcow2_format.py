@@ -1,6 +1,5 @@
 """Random writes, discards and zero writes against a bytearray model, with reopen,
 small caches (evictions) and backing files; qemu-img check and compare at the end."""
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pyvmm.storage import create_image, open_image

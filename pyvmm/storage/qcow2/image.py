@@ -107,6 +107,8 @@ class Qcow2Image(DiskImage):
         count = ((offset + length - 1) >> cb) - gci + 1
         plain = self._plain
         host = plain.get(gci, -1)
+        if count == 2 and host >= 0 and plain.get(gci + 1) == host + self.cs:
+            return host            # a small request across one cluster boundary
         if count <= _DICT_RUN and host >= 0:
             for k in range(1, count):
                 if plain.get(gci + k) != host + (k << cb):
@@ -243,9 +245,11 @@ class Qcow2Image(DiskImage):
         # and no dirty bit (it says refcounts may be stale, qcow2.rst).
         n = len(data)
         if offset >= 0 and n and offset + n <= self.size and not self.closed and not self.readonly:
-            host = self._run_start(offset, n)
+            inoff = offset & self._cmask
+            host = self._plain.get(offset >> self.cluster_bits, -1) if inoff + n <= self.cs \
+                else self._run_start(offset, n)
             if host >= 0:
-                host += offset & self._cmask
+                host += inoff
                 if _pwrite(self._fd, data, host) == n:
                     return
                 return self._f.pwrite(host, data)
