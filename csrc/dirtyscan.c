@@ -195,6 +195,49 @@ static inline uint64_t skip_same(const uint8_t *old, const uint8_t *new_, uint64
     return i;
 }
 
+int ds_scatter_pages(uint8_t *ram, uint64_t npages, uint64_t page_size,
+                     const uint64_t *pfns, const uint8_t *enc, const uint32_t *len, uint64_t n,
+                     const uint8_t *data, uint64_t dlen, uint8_t *received, uint64_t *bad)
+{
+    uint64_t off = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t pfn = pfns[i], d = len[i];
+        int err = 0;
+        *bad = i;
+        if (pfn >= npages)
+            return DS_ERR_PFN;
+        if (d > dlen - off)
+            return DS_ERR_DATA;
+        uint8_t *page = ram + pfn * page_size;
+        switch (enc[i]) {
+        case DS_PAGE_RAW:
+            if (d != page_size)
+                return DS_ERR_ENCODING;
+            memcpy(page, data + off, (size_t)page_size);
+            break;
+        case DS_PAGE_ZERO:
+            if (d != 0)
+                return DS_ERR_ENCODING;
+            if (received[pfn])
+                memset(page, 0, (size_t)page_size);
+            break;
+        case DS_PAGE_XBZRLE:
+            if (d > page_size)
+                return DS_ERR_ENCODING;
+            if (!received[pfn])
+                return DS_ERR_NO_BASE;
+            if ((err = ds_xbzrle_decode(data + off, d, page, page_size)))
+                return err;
+            break;
+        default:
+            return DS_ERR_ENCODING;
+        }
+        received[pfn] = 1;
+        off += d;
+    }
+    return 0;
+}
+
 int64_t ds_xbzrle_encode(const uint8_t *old, const uint8_t *new_, uint64_t len,
                          uint8_t *out, uint64_t limit)
 {

@@ -30,12 +30,19 @@
 /* Page encodings of the migration stream's MEMORY record (docs/migration-stream.md) */
 #define DS_PAGE_RAW 0
 #define DS_PAGE_ZERO 1
+#define DS_PAGE_XBZRLE 2
 
 /* XBZRLE decode errors (negative return values of ds_xbzrle_decode) */
 #define DS_ERR_TRUNCATED (-1)   /* a length or the literal bytes run past the delta */
 #define DS_ERR_OVERRUN (-2)     /* the runs add up to more than the page */
 #define DS_ERR_EMPTY_RUN (-3)   /* c == 0, or u == 0 after the first pair */
 #define DS_ERR_BAD_LENGTH (-4)  /* a uleb128 longer than 5 bytes */
+
+/* Page scatter errors (ds_scatter_pages), besides the XBZRLE ones above */
+#define DS_ERR_PFN (-5)         /* a page number is outside RAM */
+#define DS_ERR_NO_BASE (-6)     /* an XBZRLE page that was never received in full */
+#define DS_ERR_ENCODING (-7)    /* an unknown encoding, or a length wrong for its encoding */
+#define DS_ERR_DATA (-8)        /* the lengths run past the end of the data */
 
 /* Set bits in bitmap[0..nbytes): how many. */
 uint64_t ds_bitmap_count(const uint8_t *bitmap, size_t nbytes);
@@ -73,6 +80,17 @@ uint64_t ds_nonzero_pages(const uint8_t *ram, uint64_t npages, uint64_t page_siz
 uint64_t ds_gather_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size,
                          const uint64_t *pfns, uint64_t n, uint8_t *enc, uint32_t *len,
                          uint8_t *data);
+
+/* The receiver's side of ds_gather_pages: put entries 0..n) of a MEMORY record
+ * (pfns, enc, len, and their data[0..dlen) one after another) into ram (npages
+ * pages), in order. RAW copies the page; ZERO zeroes it, except a page with
+ * received[pfn] == 0 (RAM the receiver starts with is zero there); XBZRLE applies
+ * the delta to the page in place and needs received[pfn] != 0. received[pfn] is set
+ * to 1 for each entry applied. Returns 0, or a DS_ERR_* code with *bad = the index
+ * of the refused entry: the entries before it are applied, it and the rest are not. */
+int ds_scatter_pages(uint8_t *ram, uint64_t npages, uint64_t page_size,
+                     const uint64_t *pfns, const uint8_t *enc, const uint32_t *len, uint64_t n,
+                     const uint8_t *data, uint64_t dlen, uint8_t *received, uint64_t *bad);
 
 /* Encode new against old (len bytes each) into out[0..limit). Returns the delta
  * length, or -1 if it would be longer than limit (send the page raw instead). */

@@ -238,15 +238,13 @@ def print_stats(vcpu, out):
 
 
 def _receive(args, machine_cls):
-    """The Machine a live migration to ``args.listen`` brings (built once it arrived whole)."""
-    from pyvmm.migrate.receiver import receive
-    built = []
+    """The Machine a live migration to ``args.listen`` brings (built when the stream
+    begins, its pages written in as they arrive; runnable once it arrived whole)."""
     print(f"pyvmm: waiting for a migration on {args.listen}", file=sys.stderr, flush=True)
-    stats = receive(args.listen, lambda config, ram, state: built.append(machine_cls.from_migration(config, ram, state)),
-                    timeout=args.timeout)
+    machine, stats = machine_cls.receive_migration(args.listen, timeout=args.timeout)
     print(f"pyvmm: received the VM from {stats['peer']}: {stats['pages']} pages in {stats['rounds']} rounds, "
           f"{stats['total_time_s']} s", file=sys.stderr, flush=True)
-    return built[0]
+    return machine
 
 
 def _run_controlled(machine, path):

@@ -54,6 +54,7 @@ from pyvmm.pv.pv_platform import PvPlatform
 ALL_EXCEPTIONS = 0xFFFFFFFF
 SHADOW_MIN_POOL_PAGES = 2048     # 8 MiB of shadow tables at least; more for big guests (RAM / 8)
 MMU_MODES = ("ept", "shadow", "direct")
+PV_DEVICE = "pv"                 # a PV guest's PvPlatform.save() in a snapshot (docs/migration-stream.md)
 
 
 @dataclass
@@ -258,31 +259,46 @@ class Machine:
     def _check_saveable(self):
         if self.engine.uc is None:
             raise ConfigError("cannot save a VM that has already stopped")
-        if self.pv is not None:
-            raise ConfigError("cannot save a PV guest: its domains, event channels and xenstore "
-                              "are not in the snapshot format yet")
         if self.vcpu._started and not self.vcpu.paused:
             raise ConfigError("cannot save a running VM: pause it first (vcpu.request_pause())")
+        if getattr(self, "vbds", None):
+            raise ConfigError("cannot save a PV guest with disks attached: blkback's rings and "
+                              "requests in flight are not in the snapshot format yet")
 
     def snapshot_config(self):
         """What a VM is rebuilt from (snapshot.CONFIG_FIELDS), as plain values."""
         c = self.config
         return {"kernel": os.path.abspath(c.kernel), "initrd": c.initrd and os.path.abspath(c.initrd),
                 "cmdline": c.cmdline, "mmu": c.mmu, "exception_bitmap": c.exception_bitmap,
-                "rdtsc_exiting": c.rdtsc_exiting}
+                "rdtsc_exiting": c.rdtsc_exiting, "pv": c.pv}
 
     def save_state(self):
-        """The paused VM's vCPU and device state as plain values (live migration's
-        device map): {"vcpu": Vcpu.save(), "devices": {name: device.save()}}."""
+        """The paused VM's state apart from RAM, as plain values (live migration's
+        device map): {"vcpu": Vcpu.save(), "devices": {name: device.save()}}, and for a
+        PV guest "pv": {"platform", "grant_table", "event_channels", "xenstore"}
+        (PvPlatform.save() and save_domain())."""
         self._check_saveable()
-        return {"vcpu": self.vcpu.save(), "devices": snapshot.save_devices(self.platform.devices())}
+        state = {"vcpu": self.vcpu.save(), "devices": snapshot.save_devices(self.platform.devices())}
+        if self.pv is not None:
+            grants, channels, nodes = self.pv.save_domain()
+            state["pv"] = {"platform": self.pv.save(), "grant_table": grants, "event_channels": channels,
+                           "xenstore": [list(node) for node in nodes]}
+        return state
 
     def snapshot(self):
         """The paused VM as a Snapshot (memory is guest RAM itself: write it before
         the guest runs again)."""
         state = self.save_state()
-        return snapshot.Snapshot(config=self.snapshot_config(), ram_size=self.memory.size,
+        snap = snapshot.Snapshot(config=self.snapshot_config(), ram_size=self.memory.size,
                                  vcpus={0: state["vcpu"]}, devices=state["devices"], memory=self.memory.view)
+        pv = state.get("pv")
+        if pv is not None:
+            domid = self.pv.guest.domid
+            snap.devices[PV_DEVICE] = pv["platform"]
+            snap.grant_tables = {domid: pv["grant_table"]}
+            snap.event_channels = {domid: pv["event_channels"]}
+            snap.xenstore = [tuple(node) for node in pv["xenstore"]]
+        return snap
 
     def save(self, path):
         """Write the paused VM to ``path`` (atomically); returns the file's size in bytes."""
@@ -300,48 +316,105 @@ class Machine:
     def from_snapshot(cls, snap, console=None, stdin=False):
         if sorted(snap.vcpus) != [0]:
             raise MigrationStreamError(f"snapshot: vCPU ids {sorted(snap.vcpus)}; this VMM runs one vCPU (id 0)")
-        if snap.disks or snap.grant_tables or snap.event_channels or snap.xenstore is not None:
-            raise MigrationStreamError("snapshot: carries disks or PV (grant/event channel/xenstore) state, "
-                                       "which a single-vCPU pyvmm VM does not have")
-        return cls._from_state(snap.config, snap.ram_size, snap.vcpus[0], snap.devices,
-                               lambda memory: snapshot.restore_memory(memory, snap), console, stdin)
-
-    @classmethod
-    def from_migration(cls, config, ram, state, console=None, stdin=False):
-        """A new Machine from what pyvmm.migrate.receiver hands over: the source's
-        snapshot_config() plus its RAM size, guest RAM (a buffer) and save_state()."""
-        config = dict(config) if isinstance(config, dict) else config
-        if not isinstance(config, dict) or not isinstance(state, dict) or set(state) != {"vcpu", "devices"}:
-            raise MigrationStreamError("migration: the config and state must be maps, the state with "
-                                       "exactly 'vcpu' and 'devices'")
-        ram_size = config.pop("ram_size", None)
-        if ram_size != len(ram):
-            raise MigrationStreamError(f"migration: config says {ram_size!r} bytes of RAM, {len(ram)} arrived")
-        snapshot.check_config(config, ram_size, "migration")
-        if not isinstance(state["devices"], dict):
-            raise MigrationStreamError("migration: the device states are not a map")
-        return cls._from_state(config, ram_size, state["vcpu"], state["devices"],
-                               lambda memory: memory.write(0, bytes(ram)), console, stdin)
-
-    @classmethod
-    def _from_state(cls, c, ram_size, vcpu_state, device_states, load_ram, console, stdin):
-        check_vcpu_state(vcpu_state)
-        config = VmConfig(kernel=c["kernel"], initrd=c["initrd"], cmdline=c["cmdline"], memory=str(ram_size),
-                          exception_bitmap=c["exception_bitmap"], rdtsc_exiting=c["rdtsc_exiting"], mmu=c["mmu"],
-                          console=console, stdin=stdin)
-        machine = cls(config)
+        if snap.disks:
+            raise MigrationStreamError("snapshot: carries disk attachments, which a pyvmm Machine does not have")
+        devices, pv = dict(snap.devices), None
+        if snap.config.get("pv"):
+            domids = sorted(set(snap.grant_tables) | set(snap.event_channels))
+            if PV_DEVICE not in devices or len(domids) != 1 or snap.xenstore is None \
+                    or set(snap.grant_tables) != set(snap.event_channels):
+                raise MigrationStreamError(f"snapshot of a PV guest: needs the {PV_DEVICE!r} device, one "
+                                           f"domain's grant table and event channels (domains {domids}) "
+                                           f"and the XENSTORE record")
+            pv = {"platform": devices.pop(PV_DEVICE), "grant_table": snap.grant_tables[domids[0]],
+                  "event_channels": snap.event_channels[domids[0]], "xenstore": snap.xenstore}
+        elif snap.grant_tables or snap.event_channels or snap.xenstore is not None:
+            raise MigrationStreamError("snapshot: carries PV (grant/event channel/xenstore) state, but its "
+                                       "config is not a PV guest's")
+        machine = cls._build(snap.config, snap.ram_size, console, stdin)
         try:
-            load_ram(machine.memory)
-            snapshot.restore_devices(machine.platform.devices(), device_states)
-            machine.vcpu.restore(vcpu_state, entry_controls(machine.mmu))
-            if machine.mmu is not None and machine.mmu.mode == "shadow":
-                machine.mmu.reset("restored from a snapshot")
-            machine.engine.flush_translations()
-            machine.engine.flush_tlb()
+            snapshot.restore_memory(machine.memory, snap)
+            machine._restore_state(snap.vcpus[0], devices, pv)
         except BaseException:
             machine.close()
             raise
         return machine
+
+    # ---- live migration, destination side ----
+    @classmethod
+    def receive_migration(cls, where, console=None, stdin=False, **receive_args):
+        """Take one VM live-migrating in at ``where`` (pyvmm.migrate.receiver.receive's
+        first argument; ``receive_args`` are its keywords): the Machine is built when the
+        stream's begin record brings the config, the pages are written straight into its
+        RAM, and only devices and vCPU are put in at the end. Returns (machine, the
+        receiver's stats); on any failure the half-built Machine is closed and the
+        receiver's MigrationError / MigrationStreamError is raised."""
+        from pyvmm.migrate.receiver import receive
+        built = []
+
+        def prepare(config, ram_size):
+            built.append(cls.for_migration(dict(config, ram_size=ram_size), console, stdin))
+            return built[0].memory.view
+
+        def discard():
+            built.pop().close()
+
+        stats = receive(where, lambda config, ram, state: built[0].finish_migration(state),
+                        prepare=prepare, discard=discard, **receive_args)
+        return built[0], stats
+
+    @classmethod
+    def for_migration(cls, config, console=None, stdin=False):
+        """A Machine for a VM migrating in, from the source's snapshot_config() plus
+        "ram_size": its RAM is all zeros, for the incoming pages to be written into
+        (``memory.view``); ``finish_migration(state)`` then puts the devices and the vCPU
+        in. Until then it must not run."""
+        config = dict(config) if isinstance(config, dict) else config
+        if not isinstance(config, dict):
+            raise MigrationStreamError(f"migration: the config is a {type(config).__name__}, expected a map")
+        ram_size = config.pop("ram_size", None)
+        machine = cls._build(config, ram_size, console, stdin, where="migration")
+        try:
+            snapshot.zero_memory(machine.memory)      # the loader wrote the kernel there
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+
+    def finish_migration(self, state):
+        """Put the source's save_state() into a Machine from for_migration whose RAM now
+        holds the guest's pages; the VM is then ready to run."""
+        keys = {"vcpu", "devices"} | ({"pv"} if self.pv is not None else set())
+        if not isinstance(state, dict) or set(state) != keys or not isinstance(state["devices"], dict):
+            raise MigrationStreamError(f"migration: the VM state must be a map with exactly "
+                                       f"{sorted(keys)} (devices a map)")
+        self._restore_state(state["vcpu"], state["devices"], state.get("pv"))
+
+    @classmethod
+    def _build(cls, c, ram_size, console, stdin, where="snapshot"):
+        """A fresh Machine for a checked snapshot/migration config (snapshot.CONFIG_FIELDS)."""
+        snapshot.check_config(c, ram_size, where)
+        config = VmConfig(kernel=c["kernel"], initrd=c["initrd"], cmdline=c["cmdline"], memory=str(ram_size),
+                          exception_bitmap=c["exception_bitmap"], rdtsc_exiting=c["rdtsc_exiting"], mmu=c["mmu"],
+                          pv=c.get("pv", False), console=console, stdin=stdin)
+        return cls(config)
+
+    def _restore_state(self, vcpu_state, device_states, pv_state):
+        """Devices, PV platform and vCPU of a freshly built Machine whose RAM holds the
+        guest's pages; checked before they change (a refusal raises MigrationStreamError
+        and the caller closes the Machine)."""
+        check_vcpu_state(vcpu_state)
+        snapshot.restore_devices(self.platform.devices(), device_states)
+        if self.pv is not None:
+            pv = snapshot.check_pv_state(pv_state)
+            released = self.pv.restore(pv["platform"], pv["grant_table"], pv["event_channels"], pv["xenstore"])
+            if released:
+                self.vcpu.frames_removed(released)
+        self.vcpu.restore(vcpu_state, entry_controls(self.mmu))
+        if self.mmu is not None and self.mmu.mode == "shadow":
+            self.mmu.reset("restored from a snapshot")
+        self.engine.flush_translations()
+        self.engine.flush_tlb()
 
     def exits(self):
         """Iterate over exits one at a time: the guest is suspended in the exit while

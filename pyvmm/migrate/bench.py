@@ -5,13 +5,13 @@ For each RAM size (MiB) and dirty rate, one Machine boots guests/build/memdirty.
 (rate R kB/s over a region of half the RAM above its 8 MiB base, so the dirty set of
 a round is rate x round time, not capped by a tiny region), runs ``warmup_s`` so the
 guest is writing at its pace, and is live-migrated with ``MachineTarget.migrate`` (the
-path of ``pyvmm ctl SOCKET migrate``) to a receiver in another process, which builds
-the destination Machine from what arrived (``Machine.from_migration``, as ``pyvmm
-receive`` does) and closes it. Reported per case: ``downtime_ms`` (the source's
+path of ``pyvmm ctl SOCKET migrate``) to a receiver in another process, which takes it as ``pyvmm receive``
+does (``Machine.receive_migration``: the Machine is built when the stream begins and
+the pages are written into its RAM as they arrive) and closes it. Reported per case: ``downtime_ms`` (the source's
 pause to the destination's ok, as the source measures it), ``total_s`` (the migrate
 command to the source's shutdown), ``rounds`` and ``pages`` (page entries the
 receiver got, all rounds), ``wire_MB``, ``dest_start_ms`` (the part of the downtime the
-destination spent building its Machine from what arrived), and ``link_s``: the same RAM size sent with
+destination spent after END: restoring devices and vCPU), and ``link_s``: the same RAM size sent with
 one ``sendall`` over loopback to a process that reads it to the end, in this run.
 
 ``link_MBps`` is that baseline's speed (10^6 bytes/s, median of ``repeats``). Targets
@@ -82,14 +82,12 @@ def receive_main(argv):
     """The receiver process: listen on a free loopback port (printed), take one VM,
     build it as `pyvmm receive` does, close it, print the receiver's stats as JSON."""
     from pyvmm.machine import Machine
-    from pyvmm.migrate.receiver import open_listener, receive
+    from pyvmm.migrate.receiver import open_listener
     listener = open_listener("127.0.0.1:0")
     print(listener.getsockname()[1], flush=True)
-
-    def build(config, ram, state):
-        Machine.from_migration(config, ram, state, console=lambda data: None).close()
-
-    print(json.dumps(receive(listener, build, timeout=60)), flush=True)
+    machine, stats = Machine.receive_migration(listener, console=lambda data: None, timeout=60)
+    machine.close()
+    print(json.dumps(stats), flush=True)
     return 0
 
 

@@ -19,6 +19,10 @@ encode a changed page as a small delta against the copy last sent:
 - ``gather_pages(ram, pfns)``: a batch of pages as the MEMORY record carries them:
   each page's encoding (ZERO for an all-zero page, else RAW), its data length, and
   the bytes of the RAW pages one after another;
+- ``scatter_pages(ram, pfns, encodings, lengths, data, received)``: the receiver's
+  side of ``gather_pages``: a MEMORY record's pages written into RAM in place (RAW
+  copied, ZERO zeroed, XBZRLE deltas applied), refusing a page outside RAM or a delta
+  with nothing to apply to;
 - ``xbzrle_encode`` / ``xbzrle_decode``: QEMU's XBZRLE idea (runs of unchanged and
   changed bytes, give up when the delta is larger than a limit); the wire format is
   in csrc/dirtyscan.h and docs/migration-stream.md.
@@ -57,12 +61,19 @@ BACKENDS = ("c", "python")
 HASH_PRIME = 2 ** 64 - 59          # DS_HASH_PRIME
 XBZRLE_MIN_SKIP = 3                # DS_XBZRLE_MIN_SKIP
 ERR_TRUNCATED, ERR_OVERRUN, ERR_EMPTY_RUN, ERR_BAD_LENGTH = -1, -2, -3, -4
-PAGE_RAW, PAGE_ZERO = 0, 1         # DS_PAGE_RAW, DS_PAGE_ZERO: stream.PageEncoding's numbers
+ERR_PFN, ERR_NO_BASE, ERR_ENCODING, ERR_DATA = -5, -6, -7, -8      # ds_scatter_pages only
+PAGE_RAW, PAGE_ZERO, PAGE_XBZRLE = 0, 1, 2    # DS_PAGE_*: stream.PageEncoding's numbers
 XBZRLE_ERRORS = {
     ERR_TRUNCATED: "a run length or the bytes of a run go past the end of the delta",
     ERR_OVERRUN: "the runs add up to more than the page",
     ERR_EMPTY_RUN: "a changed run of length 0, or an unchanged run of length 0 after the first",
     ERR_BAD_LENGTH: "a run length longer than 5 bytes of uleb128",
+}
+SCATTER_ERRORS = {
+    ERR_PFN: "is outside the guest's RAM",
+    ERR_NO_BASE: "is an XBZRLE delta, but no full copy of the page arrived before it",
+    ERR_ENCODING: "has an unknown encoding or a data length wrong for its encoding",
+    ERR_DATA: "has a data length that runs past the end of the record's data",
 }
 
 # A changed run: changed bytes, with unchanged gaps shorter than XBZRLE_MIN_SKIP
@@ -163,6 +174,31 @@ class PythonKernels:
                 lengths[i] = page_size
                 data += page
         return bytes(enc), lengths, data
+
+    def scatter_pages(self, ram, npages, page_size, pfns, encodings, lengths, data, received):
+        zero, off = bytes(page_size), 0
+        for i, (pfn, enc, n) in enumerate(zip(pfns, encodings, lengths)):
+            if pfn >= npages:
+                return ERR_PFN, i
+            if n > len(data) - off:
+                return ERR_DATA, i
+            o = pfn * page_size
+            if enc == PAGE_RAW and n == page_size:
+                ram[o:o + page_size] = data[off:off + n]
+            elif enc == PAGE_ZERO and n == 0:
+                if received[pfn]:
+                    ram[o:o + page_size] = zero
+            elif enc == PAGE_XBZRLE and n <= page_size:
+                if not received[pfn]:
+                    return ERR_NO_BASE, i
+                err = self.xbzrle_decode(data[off:off + n], ram[o:o + page_size])
+                if err:
+                    return err, i
+            else:
+                return ERR_ENCODING, i
+            received[pfn] = 1
+            off += n
+        return 0, len(pfns)
 
     def xbzrle_encode(self, old, new, limit):
         n = len(new)
@@ -270,6 +306,16 @@ class CKernels:
         del data[used:]
         return bytes(enc), lengths, data
 
+    def scatter_pages(self, ram, npages, page_size, pfns, encodings, lengths, data, received):
+        ffi = self.ffi
+        bad = ffi.new("uint64_t *")
+        err = self.lib.ds_scatter_pages(ffi.from_buffer(ram, require_writable=True), npages, page_size,
+                                        ffi.from_buffer("uint64_t[]", pfns), ffi.from_buffer(encodings),
+                                        ffi.from_buffer("uint32_t[]", lengths), len(pfns),
+                                        ffi.from_buffer(data), len(data),
+                                        ffi.from_buffer(received, require_writable=True), bad)
+        return err, bad[0] if err else len(pfns)
+
     def xbzrle_encode(self, old, new, limit):
         limit = min(limit, 2 * len(new) + 16)   # no delta is longer: each pair carries >= 1 byte
         out = bytearray(limit)
@@ -368,6 +414,34 @@ class DirtyScanner:
         if pfns and max(pfns) >= npages:
             raise MigrationError(f"gather_pages: page {max(pfns):#x} is outside the {npages}-page RAM")
         return self.kernels.gather_pages(ram, npages, self.page_size, pfns)
+
+    def scatter_pages(self, ram, pfns, encodings, lengths, data, received):
+        """Put the pages of a MEMORY record into ``ram`` in order (the receiver's side
+        of ``gather_pages``): ``pfns`` (array('Q')), ``encodings`` (bytes: PAGE_RAW,
+        PAGE_ZERO or PAGE_XBZRLE each), ``lengths`` (array('I')) and ``data`` (the pages'
+        data one after another). RAW copies the page in; ZERO zeroes it, except where
+        ``received[pfn]`` is 0 (the caller's RAM is still zero there); XBZRLE applies the
+        delta to the page in place and needs ``received[pfn]``. ``received`` (a bytearray,
+        one byte a page) gets 1 for every page written. A refused entry raises
+        MigrationStreamError naming it; the entries before it are applied, it and the
+        rest are not (the caller drops the RAM)."""
+        ram, npages = self._ram(ram)
+        if ram.readonly:
+            raise MigrationError("scatter_pages: guest RAM is read-only")
+        if not isinstance(pfns, array) or pfns.typecode != "Q" or not isinstance(lengths, array) \
+                or lengths.typecode != "I" or not len(pfns) == len(encodings) == len(lengths):
+            raise MigrationError("scatter_pages: expected array('Q') page numbers, bytes encodings "
+                                 "and array('I') lengths of one length")
+        received = _bytes_view(received, "received pages")
+        if len(received) != npages or received.readonly:
+            raise MigrationError(f"scatter_pages: received map of {len(received)} bytes for "
+                                 f"{npages} pages (one writable byte a page)")
+        data = _bytes_view(data, "page data")
+        err, index = self.kernels.scatter_pages(ram, npages, self.page_size, pfns, bytes(encodings),
+                                                lengths, data, received)
+        if err:
+            problem = SCATTER_ERRORS.get(err) or f"is an XBZRLE delta that cannot apply: {XBZRLE_ERRORS[err]}"
+            raise MigrationStreamError(f"page entry {index} (page {pfns[index]:#x}) {problem}")
 
     def xbzrle_encode(self, old, new, limit=None):
         """Delta turning ``old`` into ``new`` (equal lengths), or None if it would be

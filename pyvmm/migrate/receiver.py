@@ -1,23 +1,31 @@
 """Live migration, destination side: take one incoming VM from a pre-copy source.
 
 Responsibility: listen (or use a given socket), accept one connection, read the
-session (pyvmm.migrate.session) with the checks of pyvmm.migrate.stream, build the
-guest RAM (a bytearray), the device map and the config, and only after END and every
-check hand them to ``on_complete(config, memory, devices)``; then answer the source.
+session (pyvmm.migrate.session) with the checks of pyvmm.migrate.stream, write the
+pages as they arrive into the guest RAM the destination gives (``prepare``, called
+when the begin record names the config and RAM size; by default a bytearray), and
+only after END and every check hand the config, that RAM and the device map to
+``on_complete(config, ram, devices)``; then answer the source.
+
+Pages go straight into that RAM during pre-copy (pyvmm.migrate.dirty_scan's
+``scatter_pages``, in C when built): nothing is staged or copied after the stream
+ends, so the destination's part of the downtime is the final round and the devices.
 
 Invariants:
-- Nothing leaves this module before the whole stream checked out: the begin record
-  first (protocol not newer than ours, our page size, a RAM size within
-  ``max_memory``), every page inside RAM, an XBZRLE page only on a page received
-  before, round markers numbered 1, 2, ... whose page counts match what came, one
-  final round, the device map after it, END last, and every page received at least
-  once. A stream that breaks any of these, is corrupted, truncated, or whose
-  connection drops or goes silent for ``timeout`` seconds is refused with
-  MigrationStreamError / MigrationError, the RAM and devices built so far are
-  dropped, and ``on_complete`` is never called.
+- Nothing is handed to ``on_complete`` before the whole stream checked out: the begin
+  record first (protocol as ours, our page size, a RAM size within ``max_memory``),
+  every page inside RAM, an XBZRLE page only on a page received before, round
+  markers numbered 1, 2, ... whose page counts match what came, one final round, the
+  device map after it, END last, and every page received at least once. A stream that
+  breaks any of these, is corrupted, truncated, or whose connection drops or goes
+  silent for ``timeout`` seconds is refused with MigrationStreamError /
+  MigrationError, the RAM is dropped (``discard()`` is called once when ``prepare``
+  had built it), and ``on_complete`` is never called.
+- The RAM ``prepare`` returns must read as zeros wherever the source's first round
+  says ZERO (a ZERO entry for a page never received is not written).
 - The source hears ``ok`` only after ``on_complete`` returned; a refusal (with the
   reason) is sent when the connection still works. If ``on_complete`` raised, the
-  source is told no and resumes its VM.
+  source is told no and resumes its VM (and ``discard()`` is called).
 """
 
 import socket
@@ -26,19 +34,20 @@ import time
 from pyvmm.errors import MigrationError, MigrationStreamError
 from pyvmm.migrate import session
 from pyvmm.migrate.dirty_scan import DirtyScanner
-from pyvmm.migrate.stream import DeviceRecord, EndRecord, MemoryRecord, PageEncoding, StreamReader
+from pyvmm.migrate.stream import DeviceRecord, EndRecord, MemoryRecord, StreamReader
 from pyvmm.mm.layout import PAGE_SIZE
 
 DEFAULT_MAX_MEMORY = 64 << 30      # bytes; a begin record asking for more is refused
-_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 class _Incoming:
     """The VM as received so far, and the checks that decide whether it is whole."""
 
-    def __init__(self, name, max_memory):
+    def __init__(self, name, max_memory, prepare):
         self.name = name
         self.max_memory = max_memory
+        self.prepare = prepare
+        self.prepared = False          # prepare() built the RAM: discard() it on failure
         self.ram = None
         self.config = None
         self.devices = None
@@ -77,6 +86,9 @@ class _Incoming:
         if f["protocol"] > session.PROTOCOL:
             self.fail(where, f"migration protocol {f['protocol']} is newer than this pyvmm "
                              f"speaks (up to {session.PROTOCOL}); upgrade the receiver")
+        if f["protocol"] < session.PROTOCOL:
+            self.fail(where, f"migration protocol {f['protocol']} is older than this pyvmm "
+                             f"speaks ({session.PROTOCOL}); migrate between equal pyvmm versions")
         if f["page_size"] != PAGE_SIZE:
             self.fail(where, f"page size {f['page_size']}, this receiver uses {PAGE_SIZE}")
         if not 0 < f["page_count"] * PAGE_SIZE <= self.max_memory:
@@ -84,31 +96,36 @@ class _Incoming:
                              f"{self.max_memory // PAGE_SIZE} (max_memory {self.max_memory} bytes)")
         self.page_count = f["page_count"]
         self.config = f["config"]
-        try:
-            self.ram = bytearray(self.page_count * PAGE_SIZE)
-        except MemoryError:
-            raise MigrationError(f"{where}: cannot allocate {self.page_count} pages of guest RAM") from None
+        self.ram = self._build_ram(where, self.page_count * PAGE_SIZE)
         self.received = bytearray(self.page_count)      # 1 once a page arrived
         self.scanner = DirtyScanner()
+
+    def _build_ram(self, where, size):
+        if self.prepare is None:
+            try:
+                return bytearray(size)
+            except MemoryError:
+                raise MigrationError(f"{where}: cannot allocate {size // PAGE_SIZE} pages of guest RAM") from None
+        try:
+            ram = self.prepare(self.config, size)
+        except (MigrationError, MigrationStreamError) as e:
+            raise type(e)(f"{where}: the VM cannot be built here: {e}") from e
+        except Exception as e:
+            raise MigrationError(f"{where}: the VM cannot be built here: {e}") from e
+        self.prepared = True
+        view = memoryview(ram).cast("B")
+        if view.readonly or len(view) != size:
+            raise MigrationError(f"{where}: the destination's guest RAM is {len(view)} bytes "
+                                 f"(readonly={view.readonly}), the source's {size}")
+        return view
 
     def _memory(self, record, where):
         if self.final:
             self.fail(where, "pages after the final round")
-        ram, received = self.ram, self.received
-        for pfn, encoding, data in record.entries():
-            if pfn >= self.page_count:
-                self.fail(where, f"page {pfn:#x} is outside the guest's {self.page_count} pages")
-            o = pfn * PAGE_SIZE
-            if encoding == PageEncoding.XBZRLE:
-                if not received[pfn]:
-                    self.fail(where, f"XBZRLE page {pfn:#x} arrived before any full copy of it")
-                ram[o:o + PAGE_SIZE] = self.scanner.xbzrle_decode(data, ram[o:o + PAGE_SIZE])
-            elif encoding == PageEncoding.ZERO:
-                if received[pfn]:             # never received: still the zeros RAM starts with
-                    ram[o:o + PAGE_SIZE] = _ZERO_PAGE
-            else:
-                ram[o:o + PAGE_SIZE] = data
-            received[pfn] = 1
+        try:
+            self.scanner.scatter_pages(self.ram, *record.arrays(), self.received)
+        except MigrationStreamError as e:
+            self.fail(where, str(e))
         self.in_round += len(record)
 
     def _round(self, record, where):
@@ -165,22 +182,27 @@ def _accept(where, accept_timeout):
     return conn, session.peer_name(conn)
 
 
-def receive(where, on_complete, *, timeout=30.0, accept_timeout=None,
+def receive(where, on_complete, *, prepare=None, discard=None, timeout=30.0, accept_timeout=None,
             max_memory=DEFAULT_MAX_MEMORY, progress=None):
     """Take one VM migrating in. ``where``: "HOST:PORT" to listen on, a listening
     socket (one connection is accepted), or a connected socket. ``timeout`` (s)
     bounds each wait for the source once connected; ``accept_timeout`` the wait for
     it to connect (None: for ever). ``progress(round, pages)`` is called after every
-    round marker. ``on_complete(config, memory, devices)`` gets the whole VM.
+    round marker. ``prepare(config, ram_size)`` (optional) builds the destination when
+    the begin record arrives and returns its guest RAM, a writable buffer of
+    ``ram_size`` bytes that reads as zeros, which the pages are written into;
+    ``discard()`` (optional) is called once if the VM is then not taken.
+    ``on_complete(config, ram, devices)`` gets the whole VM.
 
     Returns stats (JSON-able): status, peer, rounds, pages_per_round, pages, bytes,
-    total_time_s, stream_s (connection to END), start_s (``on_complete``'s time). Raises MigrationError / MigrationStreamError when the VM was not
-    taken; then nothing was handed to ``on_complete``.
+    total_time_s, stream_s (connection to END), start_s (``on_complete``'s time).
+    Raises MigrationError / MigrationStreamError when the VM was not taken; then
+    nothing was handed to ``on_complete``.
     """
     conn, peer = _accept(where, accept_timeout)
     t0 = time.monotonic()
     name = f"migration from {peer}"
-    vm = _Incoming(name, max_memory)
+    vm = _Incoming(name, max_memory, prepare)
     try:
         session.tune(conn, timeout)
         reader = StreamReader(conn, name)
@@ -193,8 +215,12 @@ def receive(where, on_complete, *, timeout=30.0, accept_timeout=None,
             on_complete(vm.config, vm.ram, vm.devices)
         except Exception as e:
             raise MigrationError(f"{name}: the VM arrived whole but could not be started here: {e}") from e
-    except Exception as e:
-        _refuse(conn, vm, e)
+        if vm.prepared:                # the destination owns its RAM: let go of our view
+            vm.ram.release()
+    except BaseException as e:
+        _refuse(conn, vm, e, discard)
+        if not isinstance(e, Exception):
+            raise
         if isinstance(e, TimeoutError):
             raise MigrationError(f"{name}: the source went silent for more than {timeout} s") from e
         if isinstance(e, OSError):
@@ -214,9 +240,14 @@ def receive(where, on_complete, *, timeout=30.0, accept_timeout=None,
             "start_s": round(time.monotonic() - t_stream, 6)}
 
 
-def _refuse(conn, vm, error):
+def _refuse(conn, vm, error, discard):
     """Drop what was received and tell the source why, if it still listens."""
+    prepared, vm.prepared = vm.prepared, False
+    if isinstance(vm.ram, memoryview):
+        vm.ram.release()
     vm.ram = vm.devices = vm.config = None
+    if prepared and discard is not None:
+        discard()
     try:
         conn.settimeout(1.0)
         session.send_result(conn, False, error=str(error) or type(error).__name__,

@@ -26,7 +26,7 @@ import socket
 from pyvmm.errors import MigrationError, MigrationStreamError
 from pyvmm.migrate.stream import DeviceRecord, decode_value, encode_value, read_stream, write_stream
 
-PROTOCOL = 1                     # the session protocol described above
+PROTOCOL = 2                     # the session protocol described above (2: "pv" in the config, PV state)
 BEGIN = "migration/begin"        # {"protocol", "page_size", "page_count", "config"}
 ROUND = "migration/round"        # {"round", "pages", "final"}
 DEVICES = "migration/devices"    # {"devices"}: the map SourceVm.save_devices() returned

@@ -38,9 +38,10 @@ from pyvmm.migrate.stream import (DeviceRecord, DiskRecord, EventChannelsRecord,
                                   write_stream)
 from pyvmm.mm.layout import PAGE_SIZE
 
-SNAPSHOT_FORMAT = 1              # the layout above; a reader refuses a newer one
+SNAPSHOT_FORMAT = 2              # the layout above; a reader refuses a newer one (2: "pv" in the config)
 CONFIG = "snapshot/config"       # the DEVICE record that opens a snapshot
-CONFIG_FIELDS = ("kernel", "initrd", "cmdline", "mmu", "exception_bitmap", "rdtsc_exiting")
+CONFIG_FIELDS = ("kernel", "initrd", "cmdline", "mmu", "exception_bitmap", "rdtsc_exiting", "pv")
+PV_STATE_KEYS = ("platform", "grant_table", "event_channels", "xenstore")
 DISK_FORMATS = ("raw", "qcow2")
 BATCH_PAGES = 512                # pages a MEMORY record carries (2 MiB of raw pages at most)
 MAX_RAM = 1 << 40
@@ -141,6 +142,7 @@ def check_config(config, ram_size, where="snapshot"):
     f.text("mmu", max_len=16)
     f.uint("exception_bitmap", 1 << 32)
     f.flag("rdtsc_exiting")
+    f.flag("pv")
     f.done()
     if isinstance(ram_size, bool) or not isinstance(ram_size, int) or not 0 < ram_size <= MAX_RAM \
             or ram_size % PAGE_SIZE:
@@ -171,6 +173,10 @@ def _read_config(record, where):
         raise MigrationStreamError(f"{where}: snapshot format {version} does not exist")
     ram_size = f.raw("ram_size")
     rest = {k: v for k, v in config.items() if k not in ("format", "ram_size")}
+    if version == 1:                  # format 1 had no PV guests
+        if "pv" in rest:
+            raise MigrationStreamError(f"{where}: snapshot format 1 with a 'pv' config field")
+        rest["pv"] = False
     check_config(rest, ram_size, where)
     return rest, ram_size
 
@@ -297,19 +303,38 @@ def restore_pv(domains, xenstore, snap):
         xenstore.restore(snap.xenstore)
 
 
+def zero_memory(memory, keep=()):
+    """Zero every page of guest RAM (a GuestMemory) that holds data, except the pages
+    in ``keep``: only those are written (writing all of RAM would touch every page)."""
+    zero = bytes(PAGE_SIZE)
+    for pfn in DirtyScanner().nonzero_pages(memory):
+        if pfn not in keep:
+            memory.write(pfn * PAGE_SIZE, zero)
+
+
 def restore_memory(memory, snap):
     """Make guest RAM (a GuestMemory of the snapshot's size) hold the snapshot's pages,
     zeros everywhere else."""
     if memory.size != snap.ram_size:
         raise MigrationError(f"snapshot RAM is {snap.ram_size} bytes, the VM has {memory.size}")
-    zero = bytes(PAGE_SIZE)
-    for pfn in DirtyScanner().nonzero_pages(memory):    # only these need zeroing: writing
-        if pfn not in snap.pages:                       # all of RAM would touch every page
-            memory.write(pfn * PAGE_SIZE, zero)
+    zero_memory(memory, keep=snap.pages)
     for pfn, data in snap.pages.items():
         memory.write(pfn * PAGE_SIZE, data)
 
 
+def check_pv_state(state, where="snapshot"):
+    """A PV guest's state map (Machine.save_state()["pv"]): exactly PV_STATE_KEYS, the
+    first three maps and ``xenstore`` a list of [path, value, permissions] nodes (each
+    part is checked in full by the component that restores it)."""
+    f = StateFields(state, f"{where}: PV state")
+    for key in PV_STATE_KEYS[:3]:
+        if not isinstance(f.raw(key), dict):
+            f.fail(key, f"a {type(state[key]).__name__}, expected a map")
+    f.items("xenstore", 1 << 20)
+    f.done()
+    return state
+
+
 __all__ = ["Snapshot", "XenstoreNode", "write_snapshot", "read_snapshot", "save_file", "load_file",
-           "save_devices", "restore_devices", "restore_memory", "restore_pv", "check_config", "check_disk",
-           "SNAPSHOT_FORMAT"]
+           "save_devices", "restore_devices", "restore_memory", "zero_memory", "check_pv_state",
+           "check_config", "check_disk", "SNAPSHOT_FORMAT"]

@@ -115,6 +115,15 @@ class MemoryRecord:
             return ((p.pfn, int(p.encoding), p.data) for p in self._pages)
         return _batch_entries(*self._wire)
 
+    def arrays(self):
+        """(pfns: array('Q'), encodings: bytes, lengths: array('I'), data): the batch as
+        the wire carries it (built from the pages for a record made of Page objects)."""
+        if self._wire is None:
+            pages = self._pages
+            return (array("Q", (p.pfn for p in pages)), bytes(int(p.encoding) for p in pages),
+                    array("I", (len(p.data) for p in pages)), b"".join(bytes(p.data) for p in pages))
+        return self._wire
+
     def __len__(self):
         return len(self._pages) if self._wire is None else len(self._wire[0])
 
@@ -376,10 +385,7 @@ def _memory_parts(record):
         pages = record._pages
         for page in pages:
             _check_page(page, "MEMORY record")
-        pfns = array("Q", (p.pfn for p in pages))
-        encodings = bytes(int(p.encoding) for p in pages)
-        lengths = array("I", (len(p.data) for p in pages))
-        data = b"".join(bytes(p.data) for p in pages)
+        pfns, encodings, lengths, data = record.arrays()
     else:
         pfns, encodings, lengths, data = record._wire
         if not (isinstance(pfns, array) and pfns.typecode == "Q" and isinstance(lengths, array)

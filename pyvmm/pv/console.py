@@ -19,6 +19,7 @@ Invariants:
 import struct
 
 from pyvmm.errors import RingError
+from pyvmm.migrate.state import StateFields
 from pyvmm.pv.cstruct import Array, Struct, u8, u32
 
 XENCONS_IN_SIZE = 1024
@@ -81,3 +82,19 @@ class ConsoleBackend:
     def on_event(self, port):
         """The event-channel callback (``EventChannels.set_notify``)."""
         self.drain()
+
+    # --- save / restore: the ring itself is guest memory; this is domain 0's side ---
+
+    def save(self):
+        return {"broken": self.broken, "bytes_out": self.bytes_out}
+
+    def check_state(self, state):
+        """The checked (broken, bytes_out) of a save() value; MigrationStreamError if bad."""
+        f = StateFields(state, "console backend")
+        broken = f.raw("broken")
+        result = (None if broken is None else f.text("broken"), f.uint("bytes_out", 1 << 64))
+        f.done()
+        return result
+
+    def restore(self, state):
+        self.broken, self.bytes_out = self.check_state(state)

@@ -28,14 +28,19 @@ Invariants:
   the xenstore connection's ``broken``); the VMM and domain 0 carry on.
 """
 
+import re
 import struct
 import time
 
 from pyvmm.boot.pvboot import write_start_info
-from pyvmm.pv import abi
+from pyvmm.errors import EventChannelError, MigrationError, MigrationStreamError, XenstoreError
+from pyvmm.migrate.state import StateFields
+from pyvmm.pv import abi, pv_mmu
 from pyvmm.pv.console import ConsoleBackend
 from pyvmm.pv.dom0 import Dom0
 from pyvmm.pv.domain import Domain
+from pyvmm.pv.xenstore import MAX_QUEUED_OUTPUT, MAX_WATCHES_PER_DOMAIN, Perm, _Watch, domain_path
+from pyvmm.pv.xs_wire import XENSTORE_PAYLOAD_MAX
 
 GUEST_DOMID = 1
 TSC_PER_NS = 2                             # the vCPU's TSC runs at 2 GHz (Vcpu.guest_tsc)
@@ -43,6 +48,8 @@ TSC_TO_SYSTEM_MUL = 1 << 31                # ns = (tsc_delta << 0) * 2**31 >> 32
 _TIME = abi.vcpu_info.offsetof("time")
 _UPCALL_MASK = abi.vcpu_info.offsetof("evtchn_upcall_mask")
 _U32 = struct.Struct("<I")
+_PERMS = re.compile(r"([nrwb])(\d{1,5})")      # one xenstore permission, as XS_GET_PERMS lists it
+
 
 
 class PvPlatform:
@@ -162,3 +169,158 @@ class PvPlatform:
         if vector is None or not self.guest.evtchn.upcall_pending(0):
             return None
         return vector
+
+    # --- save / restore (docs/migration-stream.md, "PV guests") ------------------------
+
+    def save(self):
+        """The platform's own state as plain values (the ``pv`` device of a snapshot):
+        system time, the armed timer and poll, the upcall vector, ballooned-out frames,
+        the guest's ring ports, the console backend and the guest's xenstore connection.
+        Refused (MigrationError) while something cannot be carried: an open xenstore
+        transaction, or a PV page-table type or pin."""
+        guest = self.guest
+        mmu = pv_mmu.mmu_of(guest)
+        if mmu.table_frames() or mmu.base(0) is not None:
+            raise MigrationError(f"domain {guest.domid} has PV page-table types or pins "
+                                 f"(mmu_update/mmuext_op), which a snapshot does not carry")
+        released = []
+        if guest.nr_pages != guest.nr_gfns:
+            released = [gfn for gfn in range(guest.nr_gfns) if not guest.owns(gfn)]
+        return {"domid": guest.domid, "system_time_ns": self.system_time_ns(),
+                "timer_deadline": self.timer_deadline, "poll_ports": self.poll_ports,
+                "poll_deadline": self.poll_deadline, "upcalls": self.upcalls,
+                "timer_fired": self.timer_fired, "upcall_vector": guest.upcall_vector,
+                "released": released, "console_port": self.console_port, "store_port": self.store_port,
+                "console": self.console.save(), "xenstore_connection": _save_connection(self.xenstore_conn)}
+
+    def save_domain(self):
+        """(grant table, event channels, xenstore nodes) of the guest's domain: the
+        GRANT_TABLE and EVENT_CHANNELS state maps and its xenstore home directory as
+        (path, value, permissions) triples, parents first."""
+        home = domain_path(self.guest.domid)
+        nodes = [n for n in self.xenstore.save() if n[0] == home or n[0].startswith(home + "/")]
+        return self.guest.grant_table.save(), self.guest.evtchn.save(), nodes
+
+    def restore(self, state, grant_table, event_channels, xenstore):
+        """Put a saved guest into this freshly built platform (guest RAM already holds
+        the saved pages): ``state`` from save(), the rest from save_domain(). The guest's
+        ring ports are connected to domain 0's backends again (which then look at their
+        rings once, as a reconnecting backend does). Returns the ballooned-out frames
+        (the VMM unmaps them). Everything is checked before the platform changes; a
+        refused part raises MigrationStreamError, and the VMM discards the platform."""
+        guest = self.guest
+        f = StateFields(state, f"PV platform of domain {guest.domid}")
+        if f.uint("domid", abi.DOMID_FIRST_RESERVED) != guest.domid:
+            f.fail("domid", f"{state['domid']}, but this guest is domain {guest.domid}")
+        system_time = f.uint("system_time_ns", 1 << 63)
+        timer_deadline = f.optional_uint("timer_deadline", 1 << 64)
+        poll_ports = f.raw("poll_ports")
+        if poll_ports is not None:
+            poll_ports = f.uint_list("poll_ports", guest.evtchn.max_ports, 128)
+        poll_deadline = f.optional_uint("poll_deadline", 1 << 64)
+        upcalls, timer_fired = f.uint("upcalls", 1 << 64), f.uint("timer_fired", 1 << 64)
+        vector = f.optional_uint("upcall_vector", 256)
+        if vector is not None and vector < 0x10:
+            f.fail("upcall_vector", f"{vector:#x} is an exception vector")
+        released = f.uint_list("released", guest.nr_gfns, guest.nr_gfns)
+        ports = {name: f.integer(name, 1, guest.evtchn.max_ports - 1) for name in ("console_port", "store_port")}
+        console = f.raw("console")
+        connection = _checked_connection(f.raw("xenstore_connection"), f)
+        f.done()
+        nodes = _checked_nodes(xenstore, domain_path(guest.domid))
+        self.console.check_state(console)
+        # The fresh platform's rings are bound to domain 0: unbind them (the guest side
+        # waits UNBOUND), then the guest's own tables replace the fresh ones.
+        for port in (self.dom0_console_port, self.dom0_store_port):
+            self.dom0.evtchn.close(port)
+        guest.grant_table.restore(grant_table)
+        guest.evtchn.restore(event_channels)
+        for gfn in released:
+            guest.release(gfn)
+        guest.upcall_vector = vector
+        self.boot_ns = self.clock() - system_time
+        self.timer_deadline, self.poll_ports, self.poll_deadline = timer_deadline, poll_ports, poll_deadline
+        self.upcalls, self.timer_fired = upcalls, timer_fired
+        self.console_port, self.store_port = ports["console_port"], ports["store_port"]
+        self.console.restore(console)
+        _restore_nodes(self.xs, domain_path(guest.domid), nodes)
+        _restore_connection(self.xenstore_conn, connection)
+        try:
+            self.dom0_console_port = self.dom0.evtchn.bind_interdomain(guest.domid, self.console_port,
+                                                                       notify=self.console.on_event)
+            self.dom0_store_port = self.dom0.evtchn.bind_interdomain(
+                guest.domid, self.store_port, notify=lambda port: self.xenstore_conn.handle())
+        except EventChannelError as e:
+            raise MigrationStreamError(f"PV platform of domain {guest.domid}: the console or xenstore "
+                                       f"port is not waiting for domain 0 in the saved event channels: {e}") from None
+        return released
+
+
+# The guest's xenstore connection: its watches, the bytes of a request not yet whole,
+# replies the ring had no room for, and whether it broke the protocol. Transactions
+# are not carried (a transaction holds a copy of the tree): save refuses while one is open.
+def _save_connection(conn):
+    if conn.transactions:
+        raise MigrationError(f"domain {conn.domid} has {len(conn.transactions)} open xenstore "
+                             f"transaction(s); save again when they have ended")
+    watches = [[w.path, w.abs_path, w.token] for w in conn.store.watches if w.session is conn]
+    return {"watches": watches, "input": bytes(conn._in), "output": bytes(conn._out), "broken": conn.broken}
+
+
+def _checked_connection(state, parent):
+    f = StateFields(state, f"{parent.component}: xenstore connection")
+    watches = f.items("watches", MAX_WATCHES_PER_DOMAIN)
+    for w in watches:
+        if not (isinstance(w, list) and len(w) == 3 and all(isinstance(v, str) and len(v) <= 4096 for v in w)
+                and w[1].startswith("/")):
+            f.fail("watches", f"{w!r} is not [path, absolute path, token]")
+    state = {"watches": watches, "input": f.blob("input", max_size=XENSTORE_PAYLOAD_MAX + 16),
+             "output": f.blob("output", max_size=MAX_QUEUED_OUTPUT)}
+    broken = f.raw("broken")
+    state["broken"] = None if broken is None else f.text("broken")
+    f.done()
+    return state
+
+
+def _restore_connection(conn, state):
+    conn.drop_state()
+    conn.store.watches.extend(_Watch(conn, path, abs_path, token) for path, abs_path, token in state["watches"])
+    conn._in += state["input"]
+    conn._out += state["output"]
+    conn.broken = state["broken"]
+
+
+def _checked_nodes(nodes, home):
+    """The saved xenstore home directory as (path, value, [Perm]) triples, checked."""
+    if not isinstance(nodes, (list, tuple)) or not nodes:
+        raise MigrationStreamError(f"xenstore of {home}: expected a list of nodes, {home} first")
+    seen, out = set(), []
+    for index, node in enumerate(nodes):
+        where = f"xenstore of {home}: node {index}"
+        if not isinstance(node, (list, tuple)) or len(node) != 3:
+            raise MigrationStreamError(f"{where}: expected (path, value, permissions)")
+        path, value, perms = node
+        if not isinstance(path, str) or not (path == home if index == 0 else path.startswith(home + "/")):
+            raise MigrationStreamError(f"{where}: {path!r} is not {'the home ' + home if index == 0 else 'below ' + home}")
+        parent = path.rsplit("/", 1)[0]
+        if path in seen or (index and parent not in seen):
+            raise MigrationStreamError(f"{where}: {path} repeats or comes before its parent")
+        if not isinstance(value, bytes) or len(value) > XENSTORE_PAYLOAD_MAX:
+            raise MigrationStreamError(f"{where} ({path}): the value is not bytes of at most {XENSTORE_PAYLOAD_MAX}")
+        parsed = _PERMS.findall(perms) if isinstance(perms, str) else []
+        if not parsed or "".join(a + d for a, d in parsed) != perms:
+            raise MigrationStreamError(f"{where} ({path}): permissions {perms!r} are not [nrwb]<domid>...")
+        seen.add(path)
+        out.append((path, value, [Perm(int(d), a) for a, d in parsed]))
+    return out
+
+
+def _restore_nodes(xs, home, nodes):
+    """Replace the home directory with the saved nodes (as domain 0, the toolstack)."""
+    try:
+        xs.rm(home)
+        for path, value, perms in nodes:
+            xs.write(path, value)
+            xs.set_perms(path, perms)
+    except XenstoreError as e:
+        raise MigrationStreamError(f"xenstore of {home}: the saved nodes cannot be written: {e}") from None

@@ -20,7 +20,7 @@ import pytest
 from pyvmm.control.machine_target import MachineTarget
 from pyvmm.errors import PyvmmError
 from pyvmm.machine import Machine, VmConfig
-from pyvmm.migrate.receiver import open_listener, receive
+from pyvmm.migrate.receiver import open_listener
 
 SPIN_ITERS = 40_000_000
 # What `pyvmm boot guests/build/spin.elf --cmdline iters=40000000` prints when
@@ -78,11 +78,8 @@ def test_a_halting_guest_pauses_and_finishes_after_resume(tmp_path):
 def test_live_migration_over_loopback_carries_the_computation_on(tmp_path):
     target, out, events = _target("spin", f"iters={SPIN_ITERS}")
     listener = open_listener("127.0.0.1:0")
-    built = []
     received = []
-    rx = threading.Thread(target=lambda: received.append(receive(
-        listener, lambda config, ram, state: built.append(Machine.from_migration(config, ram, state,
-                                                                                  console=out.append)))))
+    rx = threading.Thread(target=lambda: received.append(Machine.receive_migration(listener, console=out.append)))
     rx.start()
     target.start()
     time.sleep(0.2)
@@ -91,12 +88,13 @@ def test_live_migration_over_loopback_carries_the_computation_on(tmp_path):
         target.pause()
     assert target.wait(20) == (0, f"migrated to 127.0.0.1:{listener.getsockname()[1]}")
     rx.join(20)
-    assert received[0]["status"] == "completed"
+    machine, stats = received[0]
+    assert stats["status"] == "completed"
     statuses = [data["status"] for name, data in events if name == "MIGRATION"]
     assert statuses[0] == "setup" and statuses[-1] == "completed" and "active" in statuses
     assert target.info_migrate()["status"] == "completed"
     assert SPIN_CHECKSUM not in b"".join(out)
-    assert built[0].run() == (0, "guest powered off (ACPI S5 via port 0x604 value 0x2000)")
+    assert machine.run() == (0, "guest powered off (ACPI S5 via port 0x604 value 0x2000)")
     assert b"".join(out) == b"spin: %d iterations\n" % SPIN_ITERS + SPIN_CHECKSUM + b"\n"
 
 

@@ -234,6 +234,10 @@ def test_python_constants_match_the_c_header():
     assert (lib.DS_ERR_TRUNCATED, lib.DS_ERR_OVERRUN, lib.DS_ERR_EMPTY_RUN, lib.DS_ERR_BAD_LENGTH) == (
         dirty_scan.ERR_TRUNCATED, dirty_scan.ERR_OVERRUN, dirty_scan.ERR_EMPTY_RUN,
         dirty_scan.ERR_BAD_LENGTH)
+    assert (lib.DS_ERR_PFN, lib.DS_ERR_NO_BASE, lib.DS_ERR_ENCODING, lib.DS_ERR_DATA) == (
+        dirty_scan.ERR_PFN, dirty_scan.ERR_NO_BASE, dirty_scan.ERR_ENCODING, dirty_scan.ERR_DATA)
+    assert (lib.DS_PAGE_RAW, lib.DS_PAGE_ZERO, lib.DS_PAGE_XBZRLE) == (
+        dirty_scan.PAGE_RAW, dirty_scan.PAGE_ZERO, dirty_scan.PAGE_XBZRLE)
 
 
 # ---- the zero-page check and the page gather of MEMORY records ----
@@ -277,3 +281,91 @@ def test_zero_page_check_on_guest_memory(scanner):
     mem.write_u8(5 * 4096 + 4095, 1)
     mem.write_u64(509 * 4096, 1 << 63)
     assert list(scanner.nonzero_pages(mem)) == [5, 509]
+
+
+# ---- the receiver's scatter of MEMORY records into RAM ----
+
+def _batch(entries):
+    """(pfns, encodings, lengths, data) of [(pfn, encoding, data)] entries."""
+    return (array("Q", [p for p, _, _ in entries]), bytes(e for _, e, _ in entries),
+            array("I", [len(d) for _, _, d in entries]), b"".join(d for _, _, d in entries))
+
+
+@st.composite
+def _records(draw):
+    """RAM of small pages as it stood, and entries a sender could make of later states
+    of it: RAW copies, ZERO pages and XBZRLE deltas against the copy the receiver has."""
+    npages = draw(st.integers(1, 12))
+    truth = bytearray(npages * SMALL)            # the pages as the receiver should hold them
+    sent = set()
+    entries = []
+    py = DirtyScanner("python", SMALL)
+    for _ in range(draw(st.integers(0, 3 * npages))):
+        p = draw(st.integers(0, npages - 1))
+        old = bytes(truth[p * SMALL:(p + 1) * SMALL])
+        kind = draw(st.sampled_from(["raw", "zero", "delta"]))
+        if kind == "zero":
+            new = bytes(SMALL)
+            entries.append((p, dirty_scan.PAGE_ZERO, b""))
+        else:
+            new = bytearray(old)
+            for i, v in draw(st.lists(st.tuples(st.integers(0, SMALL - 1), st.integers(0, 255)), max_size=6)):
+                new[i] = v
+            delta = py.xbzrle_encode(old, new) if kind == "delta" and p in sent else None
+            entries.append((p, dirty_scan.PAGE_XBZRLE, delta) if delta is not None
+                           else (p, dirty_scan.PAGE_RAW, bytes(new)))
+        truth[p * SMALL:(p + 1) * SMALL] = new
+        sent.add(p)
+    return npages, entries, truth, sent
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=_records())
+def test_scatter_same_in_both_backends(case):
+    npages, entries, truth, sent = case
+    results = []
+    for backend in dirty_scan.BACKENDS:
+        ram, received = bytearray(npages * SMALL), bytearray(npages)
+        DirtyScanner(backend, SMALL).scatter_pages(ram, *_batch(entries), received)
+        results.append((ram, received))
+    assert results[0] == results[1]
+    assert results[0][0] == truth
+    assert [p for p in range(npages) if results[0][1][p]] == sorted(sent)
+
+
+def test_scatter_writes_into_guest_memory_in_place(scanner):
+    mem = GuestMemory(2 << 20)
+    received = bytearray(512)
+    page = bytes(range(256)) * 16
+    scanner.scatter_pages(mem, *_batch([(7, dirty_scan.PAGE_RAW, page), (9, dirty_scan.PAGE_ZERO, b"")]), received)
+    assert mem.read(7 * 4096, 4096) == page and received[7] == received[9] == 1
+    delta = scanner.xbzrle_encode(page, b"\xff" + page[1:])
+    scanner.scatter_pages(mem, *_batch([(7, dirty_scan.PAGE_XBZRLE, delta)]), received)
+    assert mem.read_u8(7 * 4096) == 0xFF
+    scanner.scatter_pages(mem, *_batch([(7, dirty_scan.PAGE_ZERO, b"")]), received)
+    assert list(scanner.nonzero_pages(mem)) == []
+
+
+@pytest.mark.parametrize("entries, problem", [
+    ([(0, 0, bytes(4096)), (4, 0, bytes(4096))], r"entry 1 \(page 0x4\) is outside the guest's RAM"),
+    ([(2, 2, b"\x00\x01\x07")], r"entry 0 \(page 0x2\) is an XBZRLE delta, but no full copy"),
+    ([(1, 0, bytes(4096)), (1, 2, b"\x00\x05\x07")], r"entry 1 .* cannot apply: a run length or the bytes"),
+    ([(1, 0, bytes(100))], r"entry 0 .* data length wrong for its encoding"),
+    ([(1, 1, b"x")], r"entry 0 .* data length wrong for its encoding"),
+    ([(1, 9, b"")], r"entry 0 .* unknown encoding"),
+])
+def test_scatter_refuses_bad_entries_alike(pair, entries, problem):
+    for scanner in pair:
+        ram, received = bytearray(4 * 4096), bytearray(4)
+        with pytest.raises(MigrationStreamError, match=problem):
+            scanner.scatter_pages(ram, *_batch(entries), received)
+        assert sum(received) == len(entries) - 1       # the entries before the bad one were applied
+
+
+def test_scatter_refuses_lengths_past_the_data(pair):
+    pfns, enc, lengths, data = _batch([(0, 0, bytes(4096)), (1, 0, bytes(4096))])
+    for scanner in pair:
+        with pytest.raises(MigrationStreamError, match=r"entry 1 .* runs past the end of the record's data"):
+            scanner.scatter_pages(bytearray(4 * 4096), pfns, enc, lengths, data[:6000], bytearray(4))
+        with pytest.raises(MigrationError, match="one writable byte a page"):
+            scanner.scatter_pages(bytearray(4 * 4096), pfns, enc, lengths, data, bytearray(3))

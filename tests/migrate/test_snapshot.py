@@ -27,7 +27,7 @@ from pyvmm.mm.memory import GuestMemory
 
 RAM = 2 << 20
 CONFIG = {"kernel": "guests/build/hello.elf", "initrd": None, "cmdline": "console=ttyS0",
-          "mmu": "ept", "exception_bitmap": 0, "rdtsc_exiting": False}
+          "mmu": "ept", "exception_bitmap": 0, "rdtsc_exiting": False, "pv": False}
 DISKS = [{"path": "/srv/disk.qcow2", "format": "qcow2", "readonly": False},
          {"path": "/srv/seed.img", "format": "raw", "readonly": True}]
 VCPU = {"rip": 0xFFFF_FFFF_8100_0000, "rflags": 0x202, "cr3": 0x9000, "tsc_offset": -5,
@@ -200,7 +200,17 @@ def _stream(records):
 
 def test_a_newer_snapshot_format_is_refused():
     _refused(_stream(_records_with_config(format=snapshot_mod.SNAPSHOT_FORMAT + 1)),
-             "snapshot format 2 is newer than this pyvmm reads")
+             "snapshot format 3 is newer than this pyvmm reads")
+
+
+def test_a_format_1_snapshot_is_read_as_a_guest_without_pv():
+    records = _records_with_config(format=1)
+    config = S.decode_value(records[0].blob)
+    del config["pv"]
+    records[0] = S.DeviceRecord(snapshot_mod.CONFIG, bytes(S.encode_value(config)))
+    snap = snapshot_mod.read_snapshot(io.BytesIO(_stream(records)))
+    assert snap.config["pv"] is False
+    _refused(_stream(_records_with_config(format=1)), "snapshot format 1 with a 'pv' config field")
 
 
 @pytest.mark.parametrize("change, match", [
