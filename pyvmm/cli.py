@@ -7,7 +7,7 @@
     pyvmm ctl SOCKET status|pause|resume|save FILE|migrate HOST:PORT|info-migrate|quit
     pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
     pyvmm step KERNEL [INITRD] [--break cpuid,io,...]   (commands on stdin; see stepper.py)
-    pyvmm bench exits|guest-speed|linux-boot|mmu|dirty-scan|storage|migrate [--json] [--iters N] [--kernel K --initrd I]
+    pyvmm bench exits|guest-speed|linux-boot|mmu|dirty-scan|storage|migrate|blk [--json] [--iters N] [--kernel K --initrd I]
 
 Exit status: 0 when the guest powers off cleanly, 2 for bad input (a one-line
 error naming the file and the problem), otherwise non-zero with the reason.
@@ -98,7 +98,7 @@ def _parser():
                     help="stop only at these exits: " + ",".join(sorted(SHORT_NAMES)))
     bench = sub.add_parser("bench", help="measure exit costs or guest speed next to bare Unicorn")
     bench.add_argument("what", choices=("exits", "guest-speed", "linux-boot", "dirty-scan", "storage", "mmu",
-                                        "migrate"))
+                                        "migrate", "blk"))
     bench.add_argument("--kernel", help="linux-boot: the kernel (default: scripts/fetch_kernel.py's cache)")
     bench.add_argument("--initrd", help="linux-boot: the initramfs (default: scripts/mkinitramfs.py's)")
     bench.add_argument("--json", action="store_true")
@@ -121,6 +121,11 @@ def _bench(args):
     if args.what == "migrate":
         from pyvmm.migrate.bench import bench_migrate, format_results
         result = bench_migrate(repeats=args.repeats)
+        print(json.dumps(result) if args.json else format_results(result))
+        return 0
+    if args.what == "blk":
+        from pyvmm.devices.block.bench import bench_blk, format_results
+        result = bench_blk(repeats=args.repeats)
         print(json.dumps(result) if args.json else format_results(result))
         return 0
     if args.what == "storage":
