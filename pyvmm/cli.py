@@ -2,6 +2,7 @@
 
     pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats] [--control SOCKET]
     pyvmm boot --pv KERNEL [--disk FILE[,format=raw|qcow2][,readonly]] ...   (disks for blkfront)
+    pyvmm boot --pv KERNEL --domain KERNEL2[,name=,cmdline=,memory=,weight=,cap=] ...   (several PV guests)
     pyvmm restore FILE [--stats] [--control SOCKET]    (a VM saved by `pyvmm ctl SOCKET save FILE`)
     pyvmm receive --listen HOST:PORT [--stats] [--control SOCKET]   (the destination of `ctl migrate`)
     pyvmm ctl SOCKET status|pause|resume|save FILE|migrate HOST:PORT|info-migrate|quit
@@ -77,6 +78,10 @@ def _parser():
 
     boot = sub.add_parser("boot", help="boot a kernel and show its console")
     common(boot, True)
+    boot.add_argument("--domain", action="append", default=[],
+                      metavar="KERNEL[,name=N,cmdline=...,memory=M,weight=W,cap=P,initrd=F]",
+                      help="with --pv: one more PV guest in this process (repeatable); all share domain 0 "
+                           "and the credit scheduler")
     boot.add_argument("--control", metavar="SOCKET", help="serve the control protocol on this unix socket "
                                                           "(pyvmm ctl SOCKET ...)")
     rs = sub.add_parser("restore", help="run on a VM saved with `pyvmm ctl SOCKET save FILE`")
@@ -270,6 +275,24 @@ def _run_controlled(machine, path):
     return target.result
 
 
+def _boot_domains(args):
+    """`boot --pv K1 --domain K2 ...`: several PV guests in one process (pv/hypervisor.py)."""
+    from pyvmm.pv.hypervisor import DomainSpec, boot_domains, parse_domain_spec
+    try:
+        if not args.pv:
+            raise PyvmmError("--domain needs --pv (only PV guests share a domain 0)")
+        if args.control:
+            raise PyvmmError("--control serves one VM; it cannot be used with --domain")
+        if args.disk and "disks" not in DomainSpec.__dataclass_fields__:
+            raise PyvmmError("--disk attaches to a single-guest boot; several domains take no disks yet")
+        specs = [DomainSpec(kernel=args.kernel, cmdline=args.cmdline, memory=args.memory, initrd=args.initrd)]
+        specs += [parse_domain_spec(d) for d in args.domain]
+        return boot_domains(specs, mmu=args.mmu, stats=args.stats)
+    except PyvmmError as e:
+        print(f"pyvmm: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["ctl"]:
@@ -284,6 +307,8 @@ def main(argv=None):
         except PyvmmError as e:
             print(f"pyvmm: {e}", file=sys.stderr)
             return 2
+    if args.command == "boot" and args.domain:
+        return _boot_domains(args)
     from pyvmm.machine import Machine
     console = None
     if args.command in ("trace", "step") and not getattr(args, "json", False):
