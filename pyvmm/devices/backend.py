@@ -14,7 +14,7 @@ domain, device) pair, whatever its protocol:
   ``req_event`` and look once more);
 - disconnecting a frontend that breaks the ring protocol;
 - mapping the frontend's granted data pages for the span of one request
-  (``frontend_pages``).
+  (``frontend_pages``), or for one copy (``copy_from_frontend``/``copy_to_frontend``).
 
 A device subclass names its rings (``RINGS``), the ring ``process()`` serves
 (``REQUEST_RING``) and implements ``serve(requests)``; it may refuse the frontend's
@@ -31,23 +31,22 @@ Invariants:
   past what was published) is disconnected: every ring unmapped, the event channel
   closed, xenbus Closing with ``error`` written. Nothing of that batch reaches the
   device's resources, and other devices and domains are not touched.
-- Data pages are mapped only inside ``frontend_pages`` and unmapped when it ends,
+- Data pages are mapped only inside ``frontend_pages`` or a copy and unmapped when it ends,
   also when a mapping or the work fails; between requests the backend holds only
   its ring mappings.
 - ``process`` is not re-entered (a notification raised while serving is looked at
   by the final check of the running loop).
 """
 
-import contextlib
-
 from pyvmm.devices.ring import BackRing
 from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
 from pyvmm.errors import PyvmmError, RingError
 from pyvmm.pv import abi
 
-__all__ = ["SplitBackend", "EVENT_CHANNEL_KEY", "frontend_int"]
+__all__ = ["SplitBackend", "FrontendPages", "EVENT_CHANNEL_KEY", "frontend_int"]
 
 EVENT_CHANNEL_KEY = "event-channel"      # the frontend's unbound port (xenbus convention)
+_READ_ONLY = abi.GNTMAP_host_map | abi.GNTMAP_readonly
 
 
 def frontend_int(values, key):
@@ -56,6 +55,37 @@ def frontend_int(values, key):
     if not text.isdigit():
         raise PyvmmError(f"frontend {key} {values[key]!r} is not a decimal number")
     return int(text)
+
+
+class FrontendPages:
+    """Pages a frontend granted, mapped now and unmapped when the ``with`` body ends.
+
+    A plain class rather than a generator context manager: netback maps a page per
+    packet slot, and contextlib's machinery was a fifth of its time per frame.
+    """
+
+    __slots__ = ("table", "mappings", "pages")
+
+    def __init__(self, table, flags, refs, frontend_domid):
+        self.table = table
+        self.mappings = []
+        try:
+            for ref in refs:
+                self.mappings.append(table.map_grant_ref(flags, ref, frontend_domid))
+        except BaseException:
+            self.release()
+            raise
+        self.pages = [m.page for m in self.mappings]
+
+    def __enter__(self):
+        return self.pages
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def release(self):
+        while self.mappings:
+            self.table.unmap_grant_ref(self.mappings.pop().handle)
 
 
 class SplitBackend:
@@ -161,7 +191,6 @@ class SplitBackend:
         self._teardown()
         self.xenbus.stop()
 
-    @contextlib.contextmanager
     def frontend_pages(self, refs, writable):
         """The pages the frontend granted as ``refs``, mapped for the ``with`` body.
 
@@ -170,15 +199,27 @@ class SplitBackend:
         grant table if any ref is not mappable, with those mapped so far unmapped.
         """
         flags = abi.GNTMAP_host_map | (0 if writable else abi.GNTMAP_readonly)
+        return FrontendPages(self.backend.grant_table, flags, refs, self.frontend_domid)
+
+    def copy_from_frontend(self, ref, offset, size):
+        """``size`` bytes at ``offset`` of the page granted as ``ref`` (mapped read-only
+        for the copy only); GrantError if the frontend did not grant it to us."""
         table = self.backend.grant_table
-        mappings = []
+        mapping = table.map_grant_ref(_READ_ONLY, ref, self.frontend_domid)
         try:
-            for ref in refs:
-                mappings.append(table.map_grant_ref(flags, ref, self.frontend_domid))
-            yield [m.page for m in mappings]
+            return bytes(mapping.page[offset:offset + size])
         finally:
-            for m in mappings:
-                table.unmap_grant_ref(m.handle)
+            table.unmap_grant_ref(mapping.handle)
+
+    def copy_to_frontend(self, ref, data, offset=0):
+        """Write ``data`` at ``offset`` of the page granted as ``ref`` (mapped writable
+        for the copy only); GrantError if it is not granted writable to us."""
+        table = self.backend.grant_table
+        mapping = table.map_grant_ref(abi.GNTMAP_host_map, ref, self.frontend_domid)
+        try:
+            mapping.page[offset:offset + len(data)] = data
+        finally:
+            table.unmap_grant_ref(mapping.handle)
 
     # --- notification and the request loop -----------------------------------------
 

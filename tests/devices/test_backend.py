@@ -215,6 +215,21 @@ def test_frontend_pages_are_mapped_for_the_body_only_and_all_or_nothing():
     assert rig.pinned(DATA_REF) == [(0, 0)]
 
 
+def test_copies_map_the_page_for_the_copy_only():
+    rig = Rig()
+    be = rig.back
+    rig.guest.page(DATA_GFN + 3)[100:104] = b"abcd"
+    assert be.copy_from_frontend(DATA_REF + 3, 100, 4) == b"abcd"      # a read-only grant will do
+    be.copy_to_frontend(DATA_REF + 2, b"xyz", offset=4094 - 3)
+    assert bytes(rig.guest.page(DATA_GFN + 2)[4091:4094]) == b"xyz"
+    with pytest.raises(GrantError):
+        be.copy_to_frontend(DATA_REF + 3, b"no")                       # read-only: refused
+    with pytest.raises(GrantError):
+        be.copy_from_frontend(900, 0, 4)                               # never granted
+    assert bytes(rig.guest.page(DATA_GFN + 3)[:2]) != b"no"
+    assert rig.pinned(DATA_REF + 2, DATA_REF + 3) == [(0, 0), (0, 0)]
+
+
 def test_orderly_close_and_stop():
     rig = Rig()
     rig.front.close()

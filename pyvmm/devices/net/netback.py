@@ -134,16 +134,6 @@ class Netback(SplitBackend):
         self.uplink.detach()
         self.stop()
 
-    # --- copying through grants ----------------------------------------------------
-
-    def _copy_out(self, ref, offset, size):
-        with self.frontend_pages([ref], writable=False) as [page]:   # tx pages are only read
-            return bytes(page[offset:offset + size])
-
-    def _copy_in(self, ref, data):
-        with self.frontend_pages([ref], writable=True) as [page]:    # the backend fills rx pages
-            page[:len(data)] = data
-
     # --- transmit (guest -> switch) ------------------------------------------------
 
     def after_push(self, frames):
@@ -163,6 +153,7 @@ class Netback(SplitBackend):
             packet, i = self._split(slots, i)
             packets.append(packet)
         frames = []
+        tx = self.tx
         for requests, extras in packets:
             status = netif.NETIF_RSP_OKAY
             try:
@@ -173,11 +164,11 @@ class Netback(SplitBackend):
                 self.last_refused = str(err)
                 status = netif.NETIF_RSP_ERROR
                 self.stats["tx_errors"] += 1
-            self.tx.put_response(id=requests[0]["id"], status=status)
+            tx.put_response(id=requests[0]["id"], status=status)
             for _ in extras:
-                self.tx.put_response(id=0, status=netif.NETIF_RSP_NULL)
+                tx.put_response(id=0, status=netif.NETIF_RSP_NULL)
             for req in requests[1:]:
-                self.tx.put_response(id=req["id"], status=status)
+                tx.put_response(id=req["id"], status=status)
         return frames
 
     @staticmethod
@@ -224,7 +215,7 @@ class Netback(SplitBackend):
             if req["offset"] + size > abi.PAGE_SIZE:
                 raise _BadPacket(f"tx slot id {req['id']}: {size} bytes at offset {req['offset']} "
                                  "cross the page end")
-        frame = b"".join(self._copy_out(req["gref"], req["offset"], size)
+        frame = b"".join(self.copy_from_frontend(req["gref"], req["offset"], size)
                          for req, size in zip(requests, sizes) if size)
         if first["flags"] & netif.NETTXF_csum_blank:
             frame = complete_checksum(frame)
@@ -237,8 +228,9 @@ class Netback(SplitBackend):
         if not self.connected or len(frame) > self.max_frame:
             self.stats["rx_dropped"] += 1
             return False
+        rx = self.rx
         try:
-            posted = self.rx.take_requests(limit=1)
+            posted = rx.take_requests(limit=1)
         except RingError as err:
             self.disconnect(str(err))
             self.stats["rx_dropped"] += 1
@@ -248,12 +240,12 @@ class Netback(SplitBackend):
             return False
         req = posted[0]
         try:
-            self._copy_in(req["gref"], frame)
+            self.copy_to_frontend(req["gref"], frame)
             status = len(frame)
         except PyvmmError:
             status = netif.NETIF_RSP_ERROR
-        self.rx.put_response(id=req["id"], offset=0, flags=0, status=status)
-        self.push(self.rx)
+        rx.put_response(id=req["id"], offset=0, flags=0, status=status)
+        self.push(rx)
         if status < 0:
             self.stats["rx_errors"] += 1
             return False
