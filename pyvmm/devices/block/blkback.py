@@ -27,6 +27,8 @@ one ring page (no multi-page rings, ``ring-page-order``); requests are served
 synchronously inside the notification, so "in flight" means queued on the ring.
 """
 
+import struct
+
 from pyvmm.devices import blkif
 from pyvmm.devices.backend import SplitBackend
 from pyvmm.devices.ring import RingLayout
@@ -39,10 +41,37 @@ __all__ = ["Blkback", "SECTOR_SIZE", "SECTORS_PER_PAGE", "BLKIF_REQUEST_VIEWS"]
 SECTOR_SIZE = 512                                   # blkif.h: sector numbers are 512-byte units
 SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR_SIZE     # so last_sect <= 7 for 4 KiB pages
 
-# The ring entry a request slot holds, read as each request kind blkif.h overlays
-# there (blkif_request_t and blkif_request_discard_t share operation/handle/id/
-# sector_number); one copy of the slot gives both readings of the same bytes.
-BLKIF_REQUEST_VIEWS = Union("blkif_request_views", [
+# blkif_request_t read with one precompiled struct (the generic cstruct walk cost more
+# than the I/O of a request); the asserts tie every offset to blkif.py's layouts, and
+# tests/devices/block/test_blkback_decode.py compares both readings on random bytes.
+_RW = struct.Struct("<BBH4xQQ" + "IBB2x" * blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST)
+_DISCARD_TAIL = struct.Struct("<Q")          # blkif_request_discard_t.nr_sectors
+_REQ, _SEG = blkif.BLKIF_REQUEST, blkif.BLKIF_SEGMENT
+assert _RW.size == _REQ.size and _SEG.size == 8
+assert [_REQ.offsetof(n) for n in ("operation", "nr_segments", "handle", "id", "sector_number", "seg")] \
+    == [0, 1, 2, 8, 16, 24]
+assert [_SEG.offsetof(n) for n in ("gref", "first_sect", "last_sect")] == [0, 4, 5]
+assert [blkif.BLKIF_REQUEST_DISCARD.offsetof(n) for n in ("flag", "nr_sectors")] == [1, 24]
+
+
+class _RequestViews(Union):
+    """The ring entry a request slot holds, read as each request kind blkif.h overlays
+    there (blkif_request_t and blkif_request_discard_t share operation/handle/id/
+    sector_number); one copy of the slot gives both readings of the same bytes.
+    ``rw["seg"]`` holds the first min(nr_segments, 11) segments (the ones that count)."""
+
+    def unpack_from(self, buf, offset=0):
+        v = _RW.unpack_from(buf, offset)
+        nseg = min(v[1], blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST)
+        rw = {"operation": v[0], "nr_segments": v[1], "handle": v[2], "id": v[3], "sector_number": v[4],
+              "seg": [{"gref": v[5 + 3 * i], "first_sect": v[6 + 3 * i], "last_sect": v[7 + 3 * i]}
+                      for i in range(nseg)]}
+        discard = {"operation": v[0], "flag": v[1], "handle": v[2], "id": v[3], "sector_number": v[4],
+                   "nr_sectors": _DISCARD_TAIL.unpack_from(buf, offset + 24)[0]}
+        return {"rw": rw, "discard": discard}
+
+
+BLKIF_REQUEST_VIEWS = _RequestViews("blkif_request_views", [
     ("rw", blkif.BLKIF_REQUEST), ("discard", blkif.BLKIF_REQUEST_DISCARD)])
 _RING = RingLayout("blkif", BLKIF_REQUEST_VIEWS, blkif.BLKIF_RESPONSE)
 assert BLKIF_REQUEST_VIEWS.size == blkif.BLKIF_REQUEST.size
