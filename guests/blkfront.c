@@ -562,11 +562,5 @@ void pv_main(start_info_t *start)
             run_test();
         disconnect();
     }
-    puts_("blkfront: ");
-    putdec(passed);
-    puts_("/");
-    putdec(checks);
-    puts_(" checks passed\n");
-    cons_flush();
-    shutdown(passed == checks ? SHUTDOWN_poweroff : SHUTDOWN_crash);
+    finish("blkfront");
 }

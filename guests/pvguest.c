@@ -123,11 +123,5 @@ void pv_main(start_info_t *start)
     test_timer();
     test_grant();
     test_hostile();
-    puts_("pvguest: ");
-    putdec(passed);
-    puts_("/");
-    putdec(checks);
-    puts_(" checks passed\n");
-    cons_flush();
-    shutdown(passed == checks ? SHUTDOWN_poweroff : SHUTDOWN_crash);
+    finish("pvguest");
 }

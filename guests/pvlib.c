@@ -283,6 +283,18 @@ void shutdown(unsigned reason)
         block();
 }
 
+void finish(const char *who)
+{
+    puts_(who);
+    puts_(": ");
+    putdec(passed);
+    puts_("/");
+    putdec(checks);
+    puts_(" checks passed\n");
+    cons_flush();
+    shutdown(passed == checks ? SHUTDOWN_poweroff : SHUTDOWN_crash);
+}
+
 void *memset(void *dst, int c, size_t n)
 {
     uint8_t *d = dst;

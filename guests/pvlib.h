@@ -66,6 +66,7 @@ void puts_(const char *s);
 void putdec(long v);
 void line(const char *a, long num, const char *b);  /* a, then num and b if b; newline */
 void check(const char *name, long got, long want);  /* "ok NAME" or "FAIL NAME: got X want Y" */
+void finish(const char *who);   /* "WHO: P/C checks passed", then poweroff (crash if any failed) */
 
 /* time and sleeping */
 uint64_t rdtsc(void);
