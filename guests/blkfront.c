@@ -110,47 +110,6 @@ static void parse_cmdline(const char *line)
 /* ---- xenstore paths of the device ---- */
 static char fe_dir[64], be_dir[128];
 
-static void path_join(char *out, size_t size, const char *dir, const char *key)
-{
-    size_t n = 0;
-    for (; *dir && n < size - 1; dir++)
-        out[n++] = *dir;
-    if (n < size - 1)
-        out[n++] = '/';
-    for (; *key && n < size - 1; key++)
-        out[n++] = *key;
-    out[n] = 0;
-}
-
-static long read_uint_at(const char *dir, const char *key)
-{
-    char path[192];
-    path_join(path, sizeof(path), dir, key);
-    return xs_read_uint(path);
-}
-
-static int write_uint_at(const char *dir, const char *key, unsigned long value)
-{
-    char path[192];
-    path_join(path, sizeof(path), dir, key);
-    return xs_write_uint(path, value);
-}
-
-/* Wait until the backend's state is `want` (or past it when `or_later`). */
-static long wait_backend_state(long want, int or_later)
-{
-    uint64_t deadline = now_ns() + DOM0_WAIT_NS;
-    for (;;) {
-        long state = read_uint_at(be_dir, "state");
-        if (state == want || (or_later && state > want))
-            return state;
-        if (now_ns() >= deadline)
-            return state;
-        hypercall(__HYPERVISOR_set_timer_op, now_ns() + 1000000, 0, 0, 0, 0);   /* 1 ms */
-        block();
-    }
-}
-
 /* ---- the ring ---- */
 static blkif_request_t *new_request(uint8_t op, uint64_t sector);
 
@@ -264,16 +223,16 @@ static int find_device(void)
     int n = xs_request(XS_DIRECTORY, "device/vbd", NULL, list, sizeof(list));
     if (n <= 0)
         return -1;
-    path_join(fe_dir, sizeof(fe_dir), "device/vbd", list);       /* the first entry */
+    xs_path(fe_dir, sizeof(fe_dir), "device/vbd", list);       /* the first entry */
     handle = parse_ulong(list);
     char path[96];
-    path_join(path, sizeof(path), fe_dir, "backend");
+    xs_path(path, sizeof(path), fe_dir, "backend");
     return xs_request(XS_READ, path, NULL, be_dir, sizeof(be_dir)) > 0 ? 0 : -1;
 }
 
 static int connect(void)
 {
-    check("backend_initwait", wait_backend_state(XenbusStateInitWait, 0), XenbusStateInitWait);
+    check("backend_initwait", xenbus_wait_state(be_dir, XenbusStateInitWait, 0), XenbusStateInitWait);
     grant_entry_v1_t *table = gnttab_setup();
     check("gnttab_setup_table", table != NULL, 1);
     if (!table)
@@ -289,19 +248,19 @@ static int connect(void)
     port = alloc.port;
 
     char path[96], out[32];
-    write_uint_at(fe_dir, "ring-ref", RING_REF);
-    write_uint_at(fe_dir, "event-channel", port);
-    path_join(path, sizeof(path), fe_dir, "protocol");
+    xs_write_uint_at(fe_dir, "ring-ref", RING_REF);
+    xs_write_uint_at(fe_dir, "event-channel", port);
+    xs_path(path, sizeof(path), fe_dir, "protocol");
     xs_request(XS_WRITE, path, XEN_IO_PROTO_ABI_NATIVE, out, sizeof(out));
-    check("frontend_initialised", write_uint_at(fe_dir, "state", XenbusStateInitialised) >= 0, 1);
-    check("backend_connected", wait_backend_state(XenbusStateConnected, 0), XenbusStateConnected);
-    disk.sectors = read_uint_at(be_dir, "sectors");
-    disk.sector_size = read_uint_at(be_dir, "sector-size");
-    disk.info = read_uint_at(be_dir, "info");
-    disk.flush = read_uint_at(be_dir, "feature-flush-cache") == 1;
-    disk.discard = read_uint_at(be_dir, "feature-discard") == 1;
+    check("frontend_initialised", xs_write_uint_at(fe_dir, "state", XenbusStateInitialised) >= 0, 1);
+    check("backend_connected", xenbus_wait_state(be_dir, XenbusStateConnected, 0), XenbusStateConnected);
+    disk.sectors = xs_read_uint_at(be_dir, "sectors");
+    disk.sector_size = xs_read_uint_at(be_dir, "sector-size");
+    disk.info = xs_read_uint_at(be_dir, "info");
+    disk.flush = xs_read_uint_at(be_dir, "feature-flush-cache") == 1;
+    disk.discard = xs_read_uint_at(be_dir, "feature-discard") == 1;
     check("sector_size_512", disk.sector_size, SECTOR_SIZE);
-    check("frontend_connected", write_uint_at(fe_dir, "state", XenbusStateConnected) >= 0, 1);
+    check("frontend_connected", xs_write_uint_at(fe_dir, "state", XenbusStateConnected) >= 0, 1);
     puts_("blkfront: ");
     puts_(fe_dir);
     puts_(" connected: ");
@@ -317,10 +276,10 @@ static int connect(void)
 
 static void disconnect(void)
 {
-    write_uint_at(fe_dir, "state", XenbusStateClosing);
-    check("backend_closing", wait_backend_state(XenbusStateClosing, 1) >= XenbusStateClosing, 1);
-    write_uint_at(fe_dir, "state", XenbusStateClosed);
-    check("backend_closed", wait_backend_state(XenbusStateClosed, 0), XenbusStateClosed);
+    xs_write_uint_at(fe_dir, "state", XenbusStateClosing);
+    check("backend_closing", xenbus_wait_state(be_dir, XenbusStateClosing, 1) >= XenbusStateClosing, 1);
+    xs_write_uint_at(fe_dir, "state", XenbusStateClosed);
+    check("backend_closed", xenbus_wait_state(be_dir, XenbusStateClosed, 0), XenbusStateClosed);
 }
 
 /* ---- mode=test ---- */

@@ -343,6 +343,46 @@ long xs_read_uint(const char *path)
     return v;
 }
 
+void xs_path(char *out, size_t size, const char *dir, const char *key)
+{
+    size_t n = 0;
+    for (; *dir && n < size - 1; dir++)
+        out[n++] = *dir;
+    if (n < size - 1)
+        out[n++] = '/';
+    for (; *key && n < size - 1; key++)
+        out[n++] = *key;
+    out[n] = 0;
+}
+
+long xs_read_uint_at(const char *dir, const char *key)
+{
+    char path[192];
+    xs_path(path, sizeof(path), dir, key);
+    return xs_read_uint(path);
+}
+
+int xs_write_uint_at(const char *dir, const char *key, unsigned long value)
+{
+    char path[192];
+    xs_path(path, sizeof(path), dir, key);
+    return xs_write_uint(path, value);
+}
+
+long xenbus_wait_state(const char *peer_dir, long want, int or_later)
+{
+    uint64_t deadline = now_ns() + DOM0_WAIT_NS;
+    for (;;) {
+        long state = xs_read_uint_at(peer_dir, "state");
+        if (state == want || (or_later && state > want))
+            return state;
+        if (now_ns() >= deadline)
+            return state;
+        hypercall(__HYPERVISOR_set_timer_op, now_ns() + 1000000, 0, 0, 0, 0);   /* 1 ms */
+        block();
+    }
+}
+
 grant_entry_v1_t *gnttab_setup(void)
 {
     xen_pfn_t frame = 0;

@@ -82,6 +82,14 @@ int xs_request(enum xsd_sockmsg_type type, const char *path, const char *value,
 int xs_write_uint(const char *path, unsigned long value);
 long xs_read_uint(const char *path);                /* -1 if missing or not a number */
 
+/* xenbus (io/xenbus.h) over xenstore: "dir/key" paths, numbers under a device directory,
+ * and waiting for the peer's state: returns it once it is `want` (or past it when
+ * `or_later`), or whatever it is after DOM0_WAIT_NS; polled every millisecond. */
+void xs_path(char *out, size_t size, const char *dir, const char *key);
+long xs_read_uint_at(const char *dir, const char *key);
+int xs_write_uint_at(const char *dir, const char *key, unsigned long value);
+long xenbus_wait_state(const char *peer_dir, long want, int or_later);
+
 /* grants (grant_table.h, v1 entries written directly) */
 grant_entry_v1_t *gnttab_setup(void);               /* the first grant frame, or NULL */
 void gnttab_grant(grant_entry_v1_t *table, grant_ref_t ref, domid_t domid, uint64_t frame,
