@@ -30,6 +30,7 @@ GUESTS = {                         # name -> (ELF class, e_machine)
     "memdirty": (64, "EM_X86_64"),
     "pvguest": (64, "EM_X86_64"),
     "blkfront": (64, "EM_X86_64"),
+    "netfront": (64, "EM_X86_64"),
     "pvticks": (64, "EM_X86_64"),
     "pvspin": (64, "EM_X86_64"),
     "pvballoon": (64, "EM_X86_64"),
