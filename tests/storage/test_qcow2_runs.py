@@ -98,3 +98,23 @@ def test_runs_over_a_qemu_image_with_zero_and_compressed_clusters(tmp_path):
     assert qemu_img("compare", "-F", "raw", q, tmp_path / "model.raw", check=False).returncode == 0
     report = qemu_check(q)
     assert "corruptions" not in report
+
+
+def test_autoclear_bits_are_cleared_before_an_in_place_write(tmp_path):
+    """An autoclear bit (bit 0: bitmaps) says another program's extension data matches
+    the image; a write pyvmm makes, even one that changes no metadata, must clear it."""
+    path = _image(tmp_path, cluster_size=65536, size=1 << 20)
+    with open_image(path) as img:
+        img.write(0, pattern(7, 1 << 20))
+    with open(path, "r+b") as f:
+        f.seek(88)                                   # autoclear_features (qcow2.rst)
+        f.write((1).to_bytes(8, "big"))
+    with open_image(path, readonly=True) as img:     # read-only: left as it is
+        assert img.header.autoclear_features == 1
+    with open_image(path) as img:
+        img.write(4096, b"in place")
+    with open(path, "rb") as f:
+        f.seek(88)
+        assert f.read(8) == bytes(8)
+    with open_image(path, readonly=True) as img:
+        assert img.read(4096, 8) == b"in place" and not img.info()["dirty-flag"]

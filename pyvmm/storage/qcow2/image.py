@@ -14,9 +14,10 @@ Invariants:
   old one is freed after the new mapping is on disk (refcount.py);
 - ``flush``: refcount blocks, barrier, L2 tables and L1, barrier, then the freed
   clusters' refcounts, barrier. So a crash at any point leaks at worst;
-- the v3 dirty bit is set (and autoclear bits cleared) before the first metadata
-  change (an allocation, a discard, a resize) and cleared on a clean close; an
-  overwrite of allocated clusters changes no metadata and leaves it alone;
+- autoclear feature bits are cleared when the image is opened read-write (before
+  any write); the v3 dirty bit is set before the first metadata change (an
+  allocation, a discard, a resize) and cleared on a clean close; an overwrite of
+  allocated clusters changes no metadata and leaves it alone;
 - a request whose guest range maps to host-contiguous plain clusters is one
   pread/pwrite (``_run_start``); anything else walks the map cluster run by run; images with the corrupt bit, internal snapshots, or dirty
   with lazy refcounts open read-only only.
@@ -77,6 +78,13 @@ class Qcow2Image(DiskImage):
         self.map = ClusterMap(f, h, path, self.refcounts, tables)
         if h.backing_file:
             self.backing = open_image(self.backing_path(), h.backing_format or None, True, chain)
+        if not readonly and h.autoclear_features:
+            # We do not keep what those features describe (bitmaps, raw external data),
+            # and even an in-place data write makes them stale: clear them now, as
+            # QEMU does when it opens such an image read-write (qcow2.rst).
+            h.autoclear_features = 0
+            f.pwrite(H.OFF_AUTOCLEAR, struct.pack(">Q", 0))
+            f.barrier()
         # An L2 entry a read can serve with one pread: none of these bits set.
         self._special = COMPRESSED | L2_RESERVED | ZERO | (cs - 1)
         self._cmask = cs - 1
@@ -385,9 +393,6 @@ class Qcow2Image(DiskImage):
         h = self.header
         if h.version >= 3:
             self._f.pwrite(H.OFF_INCOMPAT, struct.pack(">Q", h.incompatible_features | H.INCOMPAT_DIRTY))
-            if h.autoclear_features:     # we do not keep what those features describe
-                h.autoclear_features = 0
-                self._f.pwrite(H.OFF_AUTOCLEAR, struct.pack(">Q", 0))
             self._f.barrier()
         self._dirty_marked = True
 
