@@ -35,6 +35,7 @@ GUESTS = {                         # name -> (ELF class, e_machine)
     "pvspin": (64, "EM_X86_64"),
     "pvballoon": (64, "EM_X86_64"),
     "pvhostile": (64, "EM_X86_64"),
+    "pvgrantmap": (64, "EM_X86_64"),
     "hello32": (32, "EM_386"),
     "exceptions32": (32, "EM_386"),
 }

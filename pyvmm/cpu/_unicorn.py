@@ -606,6 +606,26 @@ class Engine:
         if self.uc is not None:            # a closed engine has no TLB left to flush
             self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
 
+    def place_host_page(self, hpa, host_address, writable=True):
+        """Make the 4 KiB of host memory at ``host_address`` (another domain's RAM, a
+        granted frame) the engine's page at host-physical ``hpa``, zero-copy, or remove
+        the page at ``hpa`` when ``host_address`` is None. ``hpa`` must lie outside
+        guest RAM and VMM-private memory (a window the caller owns); the caller points
+        a second-level entry there and flushes the TLB, and keeps the host memory alive
+        while the page is placed. A page placed read-only refuses writes in the engine
+        too, beneath the second-level table's own permissions."""
+        if hpa % 0x1000 or hpa < self.memory.size:
+            raise EngineError(f"host page {hpa:#x}: not page aligned or inside guest RAM")
+        try:
+            if host_address is None:
+                self.uc.mem_unmap(hpa, 0x1000)
+            else:
+                prot = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                self.uc.mem_map_ptr(hpa, 0x1000, prot, host_address)
+        except unicorn.UcError as e:
+            what = "remove" if host_address is None else f"place host memory {host_address:#x} at"
+            raise EngineError(f"cannot {what} host page {hpa:#x}: {e}") from None
+
     def flush_translations(self):
         """Drop all translated code: needed after root mode writes guest code.
         (Unicorn's per-range removal takes guest-virtual addresses and walks the

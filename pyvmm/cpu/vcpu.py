@@ -218,6 +218,10 @@ class Vcpu:
         """Make this vCPU the guest domain's vCPU 0 on PV platform ``pv``."""
         self.pv = pv
         pv.guest.on_upcall = self._on_upcall
+        # A grant of another domain mapped into this guest's RAM (pv/foreign_map.py).
+        from pyvmm.pv.foreign_map import ForeignFrames     # pv imports cpu: not at module load
+        self.foreign = ForeignFrames(self, pv.guest)
+        self.foreign.install()
 
     @property
     def domain(self):

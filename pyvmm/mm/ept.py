@@ -22,7 +22,11 @@ Invariants:
   reads guest memory by guest-physical address, so the table may remove or restrict
   RAM pages but never moves them (``offset`` is fixed per table). Only pages beyond
   RAM may map one of the VMM's own pages (``map_host``): they have no memory a root
-  mode access could mean;
+  mode access could mean. The one exception is a RAM page replaced by another
+  domain's granted frame (``map_foreign``, placed by the engine in the
+  ``FOREIGN_WINDOW``): it maps that window page until ``unmap_foreign``, permission
+  changes keep it there, and root mode must reach it through the mapping, not by
+  guest-physical address (pv/foreign_map.py sees to both);
 - the table lives in ``pool`` (a writable buffer the engine sees at host-physical
   ``pool_base``); table pages are allocated from it and given back only by
   ``drop_host_maps`` (the tables ``map_host`` made) or ``reset``;
@@ -34,6 +38,7 @@ Invariants:
 import struct
 
 from pyvmm.errors import PyvmmError
+from pyvmm.mm.layout import VMM_PRIVATE_BASE
 
 R, W, X = 1, 2, 4
 RWX = R | W | X
@@ -46,6 +51,12 @@ _TABLE = _P | _RW | _US | _A          # non-leaf entries allow everything; leave
 _Q = struct.Struct("<Q")
 HOST_MAP_PAGES = 64     # pool pages for the VMM pages and tables of accesses beyond RAM
 MAX_GPA = 1 << 48       # guest-physical addresses the 4-level table can map
+# Host-physical pages where the engine places other domains' granted frames
+# (Engine.place_host_page): VMM-private, 4 GiB above its base, clear of the EPT pool
+# (at most ~7 MiB for 3 GiB of RAM) and below the CPU's 40-bit physical limit.
+FOREIGN_WINDOW = VMM_PRIVATE_BASE + (4 << 30)
+FOREIGN_WINDOW_PAGES = 1 << 16
+assert FOREIGN_WINDOW + FOREIGN_WINDOW_PAGES * PAGE <= 1 << 40
 
 # EPT-violation exit qualification (SDM Vol. 3C, Table 28-7)
 QUAL_READ, QUAL_WRITE, QUAL_FETCH = 1, 2, 4
@@ -118,6 +129,7 @@ class EptTable:
         self._host_pages = {}                      # name -> host-physical page (vmm_page)
         self._host_leaves = []                     # leaf slots map_host wrote
         self._host_tables = []                     # (parent slot, table page) map_host allocated
+        self._foreign = {}                         # RAM gpa -> window hpa (map_foreign)
         self.root = self.pool_base                 # host-physical address of the PML4
         self.splits = 0
 
@@ -170,6 +182,30 @@ class EptTable:
         if not old & _P:
             self._host_leaves.append(slot)
         return bool(old & _P) and old != leaf
+
+    def map_foreign(self, gpa, hpa, perms):
+        """Point the RAM page at ``gpa`` to the window page ``hpa`` (another domain's
+        frame) with ``perms``, until ``unmap_foreign``; a 2 MiB leaf around it is split.
+        Always returns True: the page's target changed (flush the TLB)."""
+        if gpa % PAGE or hpa % PAGE or not FOREIGN_WINDOW <= hpa < FOREIGN_WINDOW + FOREIGN_WINDOW_PAGES * PAGE:
+            raise ValueError(f"foreign page {gpa:#x} -> {hpa:#x}: not page aligned or not in the window")
+        _leaf(hpa, perms, False)
+        self._foreign[gpa] = hpa
+        self._apply(gpa, PAGE, lambda old: perms, False, only_mapped=False)
+        return True
+
+    def unmap_foreign(self, gpa, perms):
+        """Give the RAM page at ``gpa`` back its own frame with ``perms``. Returns True
+        (flush the TLB)."""
+        if self._foreign.pop(gpa, None) is None:
+            raise ValueError(f"guest-physical page {gpa:#x} holds no foreign frame")
+        self._apply(gpa, PAGE, lambda old: perms, False, only_mapped=False)
+        return True
+
+    @property
+    def foreign_pages(self):
+        """{RAM gpa: window hpa} of the pages that map another domain's frame."""
+        return dict(self._foreign)
 
     @property
     def host_maps(self):
@@ -291,7 +327,8 @@ class EptTable:
         """Write the leaf for ``gpa`` with ``new_perms(old perms)``; True if any were lost."""
         old = entry_perms(entry)
         new = new_perms(old)
-        self._set(slot, _leaf(gpa + self.offset, new, large))
+        hpa = gpa + self.offset if large else self._foreign.get(gpa, gpa + self.offset)
+        self._set(slot, _leaf(hpa, new, large))
         return bool(old & ~new)
 
     def lookup(self, gpa):
@@ -374,6 +411,7 @@ class EptMmu:
         self.beyond_ram = dict(mapped=0, writes_dropped=0, recycled=0)
         self._step_pages = []                       # pages beyond RAM mapped to the scratch page
         self.step_guest_tf = None                   # during a step: had the guest set TF itself?
+        self.foreign_readonly = set()               # gfns showing a read-only granted frame
         table.map(0, ram_size, RWX)
 
     @property
@@ -388,8 +426,8 @@ class EptMmu:
         page = gpa & ~(PAGE - 1)
         if gpa >= self.ram_size:
             return self._beyond_ram(page, access, perms)
-        if not perms:
-            return None
+        if not perms or page >> 12 in self.foreign_readonly:
+            return None                              # (a read-only grant never becomes writable)
         if access == QUAL_WRITE and not perms & W and self.dirty_log is not None:
             self.dirty_log.mark(page)
             self.table.change(page, PAGE, add=W)
@@ -424,6 +462,22 @@ class EptMmu:
     @property
     def stepping(self):
         return bool(self._step_pages)
+
+    def map_foreign(self, gfn, hpa, writable):
+        """Frame ``gfn`` of RAM shows the window page ``hpa`` (a granted frame), R|X or
+        R|W|X. Returns True: flush the TLB."""
+        if writable:
+            self.foreign_readonly.discard(gfn)
+        else:
+            self.foreign_readonly.add(gfn)
+        return self.table.map_foreign(gfn * PAGE, hpa, RWX if writable else R | X)
+
+    def unmap_foreign(self, gfn):
+        """Frame ``gfn`` shows its own RAM again, write-protected if the dirty log runs
+        (so the next write is logged). Returns True: flush the TLB."""
+        perms = R | X if self.dirty_log is not None else RWX
+        self.foreign_readonly.discard(gfn)
+        return self.table.unmap_foreign(gfn * PAGE, perms)
 
     def step_done(self):
         """The single-stepped write beyond RAM completed: its page reads all ones

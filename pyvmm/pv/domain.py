@@ -12,6 +12,13 @@ Invariants:
   another domain's RAM except through a grant that domain made;
 - a frame mapped or pinned by another domain (``foreign_pins``) cannot be released
   (ballooned out) until every such mapping is gone;
+- a frame of the domain's RAM replaced by a granted frame of another domain
+  (``replace_frame``, a guest's GNTTABOP_map_grant_ref, pv/foreign_map.py) stays the
+  domain's page but is not ``owns``-ed until ``restore_frame``: no hypercall, grant,
+  copy or balloon operation reaches the hidden own frame meanwhile;
+- when a domain is destroyed, the mappings other domains hold of its grants are
+  dropped first (their frames show their own RAM again), so no domain keeps a
+  mapping of memory that is about to be freed;
 - shared_info is always 4 KiB: a private buffer until the guest places it in one of
   its own frames (``place_shared_info``), whose content it then keeps;
 - domids below DOMID_FIRST_RESERVED, unique in a table.
@@ -114,7 +121,19 @@ class Domain:
 
     @property
     def nr_pages(self):
-        return sum(self._owned)
+        return self.nr_gfns - self._owned.count(0)
+
+    def replace_frame(self, gfn):
+        """Frame ``gfn`` now shows another domain's granted frame (until restore_frame)."""
+        if not self.owns(gfn):
+            raise FrameError(self.domid, gfn, "cannot hold a foreign frame: not a frame the domain owns")
+        self._owned[gfn] = 2
+
+    def restore_frame(self, gfn):
+        """Frame ``gfn`` shows the domain's own page again."""
+        if not 0 <= gfn < self.nr_gfns or self._owned[gfn] != 2:
+            raise FrameError(self.domid, gfn, "holds no foreign frame")
+        self._owned[gfn] = 1
 
     def page(self, gfn):
         """The 4 KiB of frame ``gfn`` as a writable memoryview; FrameError if not owned."""
@@ -175,8 +194,12 @@ class Domain:
     # --- life cycle -----------------------------------------------------------------
 
     def destroy(self):
-        """Close every event channel and drop every grant mapping this domain holds."""
+        """Close every event channel, drop the mappings other domains hold of this
+        domain's grants, and every grant mapping this domain holds."""
         self.evtchn.close_all()
+        for other in self.domains if self.domains is not None else ():
+            if other is not self:
+                other.grant_table.drop_mappings_of(self)
         self.grant_table.unmap_all()
 
 

@@ -22,8 +22,9 @@ Invariants:
 
 Deviation: pyvmm has no hypercall continuations, so a call with more than
 ``MAX_OPS_PER_CALL`` ops returns -E2BIG before doing any (Xen preempts and resumes).
-Host mappings into a guest's RAM need the VMM's ``on_foreign_map`` hook; without it
-a guest's map request fails with GNTST_general_error. GNTMAP_device_map,
+Host mappings into a guest's RAM need the VMM's ``on_foreign_map`` hook (which may
+refuse with a GrantError: the pin is undone); without it a guest's map request fails
+with GNTST_general_error. GNTMAP_device_map,
 application_map and contains_pte give GNTST_general_error, as for Xen's
 translated (HVM/PVH) guests. Only version 1 exists: set_version(2) gives -ENOSYS as
 on a Xen with gnttab max_version=1; transfer (deprecated), dump_table (a debug op),
@@ -363,9 +364,15 @@ class GrantTable:
                 raise problem
         handle = self._free_handles.pop()
         mapping = GrantMapping(handle, granter, ref, gfn, readonly, host_addr)
-        self._maptrack[handle] = mapping
         if me.on_foreign_map is not None:
-            me.on_foreign_map(mapping)
+            try:                            # the VMM may refuse (GrantError): undo the pin
+                me.on_foreign_map(mapping)
+            except GrantError:
+                self._free_handles.append(handle)
+                mapping._drop()
+                granter.grant_table._unpin(ref, readonly)
+                raise
+        self._maptrack[handle] = mapping
         return mapping
 
     def unmap_grant_ref(self, handle, host_addr=0, dev_bus_addr=0):
@@ -389,6 +396,13 @@ class GrantTable:
         if self.domain.on_foreign_unmap is not None:
             self.domain.on_foreign_unmap(mapping)
         mapping._drop()
+
+    def drop_mappings_of(self, granter):
+        """Drop every mapping this domain holds of ``granter``'s grants (the granter
+        is being destroyed); the handles become invalid."""
+        for mapping in self.mappings():
+            if mapping.granter is granter:
+                self._release(mapping)
 
     def unmap_all(self):
         """Drop every mapping this domain holds (domain destruction)."""
