@@ -160,14 +160,29 @@ static char fe_dir[64], be_dir[128];
 
 /* ---- the rings ---- */
 /* Block until the vif's port has seen more than `seen` events or `deadline` passed.
- * The timer (VIRQ_TIMER, bound in pv_main) is re-armed on every turn: an early or
- * unrelated wake-up must not leave the guest blocked without one. */
+ * Upcalls are masked while the condition is checked and the timer (VIRQ_TIMER, bound
+ * in pv_main) armed: SCHEDOP_block unmasks them and returns at once if one is pending,
+ * so an event (the timer's included) that comes between the check and the block is
+ * not lost, as it would be if its upcall ran just before the guest blocked. An event
+ * pending while masked is taken here by running the upcall's work directly. */
+void do_upcall(void);                       /* pvlib.c: the upcall's work (pvhead.S calls it) */
+
 static void wait_event(uint64_t seen, uint64_t deadline)
 {
-    while (port_events[port] <= seen && now_ns() < deadline) {
+    volatile vcpu_info_t *v = &shared->vcpu_info[0];
+    volatile uint8_t *mask = &v->evtchn_upcall_mask;
+    for (;;) {
+        *mask = 1;
+        barrier();
+        if (v->evtchn_upcall_pending)
+            do_upcall();                    /* what the masked upcall would have done */
+        if (port_events[port] > seen || now_ns() >= deadline)
+            break;
         hypercall(__HYPERVISOR_set_timer_op, deadline, 0, 0, 0, 0);
-        block();
+        block();                            /* unmasks upcalls */
     }
+    *mask = 0;
+    barrier();
 }
 
 static void post_rx(uint16_t id)

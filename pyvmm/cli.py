@@ -3,12 +3,14 @@
     pyvmm boot [KERNEL [INITRD]] [--cmdline S] [-m SIZE] [--stats] [--control SOCKET]
     pyvmm boot --pv KERNEL [--disk FILE[,format=raw|qcow2][,readonly]] ...   (disks for blkfront)
     pyvmm boot --pv KERNEL --domain KERNEL2[,name=,cmdline=,memory=,weight=,cap=] ...   (several PV guests)
+    pyvmm boot --pv KERNEL --net switch=NAME[,mac=M] | --net udp,local=H:P,remote=H:P[,mac=M] ...   (vifs;
+          in --domain: net=...)
     pyvmm restore FILE [--stats] [--control SOCKET]    (a VM saved by `pyvmm ctl SOCKET save FILE`)
     pyvmm receive --listen HOST:PORT [--stats] [--control SOCKET]   (the destination of `ctl migrate`)
     pyvmm ctl SOCKET status|pause|resume|save FILE|migrate HOST:PORT|info-migrate|quit
     pyvmm trace KERNEL [INITRD] [--json] [--stats] [--exceptions de,ud,gp,pf,bp]
     pyvmm step KERNEL [INITRD] [--break cpuid,io,...]   (commands on stdin; see stepper.py)
-    pyvmm bench exits|guest-speed|linux-boot|mmu|dirty-scan|storage|migrate|blk [--json] [--iters N] [--kernel K --initrd I]
+    pyvmm bench exits|guest-speed|linux-boot|mmu|dirty-scan|storage|migrate|blk|net [--json] [--iters N] [--kernel K --initrd I]
 
 Exit status: 0 when the guest powers off cleanly, 2 for bad input (a one-line
 error naming the file and the problem), otherwise non-zero with the reason.
@@ -71,6 +73,10 @@ def _parser():
                              "xenstore rings, event channels (docs/pv-boot.md)")
         sp.add_argument("--disk", action="append", default=[], metavar="FILE[,format=raw|qcow2][,readonly]",
                         help="with --pv: a disk for the guest's blkfront (xvda, xvdb ... in order; repeatable)")
+        sp.add_argument("--net", action="append", default=[],
+                        metavar="switch=NAME[,mac=M] | udp,local=HOST:PORT,remote=HOST:PORT[,mac=M]",
+                        help="with --pv: a vif for the guest's netfront on an in-process switch, or on a UDP "
+                             "endpoint that talks to another pyvmm (vif 0, 1 ... in order; repeatable)")
         sp.add_argument("--mmu", choices=("ept", "shadow", "direct"), default="ept",
                         help="ept: the VMM's EPT-style table under the guest's (default); shadow: the VMM's "
                              "shadow tables built from the guest's (CR3, INVLPG, #PF and page-table "
@@ -103,7 +109,7 @@ def _parser():
                     help="stop only at these exits: " + ",".join(sorted(SHORT_NAMES)))
     bench = sub.add_parser("bench", help="measure exit costs or guest speed next to bare Unicorn")
     bench.add_argument("what", choices=("exits", "guest-speed", "linux-boot", "dirty-scan", "storage", "mmu",
-                                        "migrate", "blk"))
+                                        "migrate", "blk", "net"))
     bench.add_argument("--kernel", help="linux-boot: the kernel (default: scripts/fetch_kernel.py's cache)")
     bench.add_argument("--initrd", help="linux-boot: the initramfs (default: scripts/mkinitramfs.py's)")
     bench.add_argument("--json", action="store_true")
@@ -131,6 +137,11 @@ def _bench(args):
     if args.what == "blk":
         from pyvmm.devices.block.bench import bench_blk, format_results
         result = bench_blk(repeats=args.repeats)
+        print(json.dumps(result) if args.json else format_results(result))
+        return 0
+    if args.what == "net":
+        from pyvmm.devices.net.bench import bench_net, format_results
+        result = bench_net(repeats=args.repeats)
         print(json.dumps(result) if args.json else format_results(result))
         return 0
     if args.what == "storage":
@@ -189,7 +200,7 @@ def _config(args, console):
     from pyvmm.machine import VmConfig
     return VmConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=args.memory,
                     exception_bitmap=_exception_bitmap(args.exceptions), rdtsc_exiting=args.rdtsc_exiting,
-                    console=console, mmu=args.mmu, pv=args.pv, disks=args.disk,
+                    console=console, mmu=args.mmu, pv=args.pv, disks=args.disk, nets=args.net,
                     # an interactive `boot` types into COM1; step reads its commands from stdin
                     stdin=args.command == "boot" and sys.stdin.isatty())
 
@@ -285,7 +296,8 @@ def _boot_domains(args):
             raise PyvmmError("--control serves one VM; it cannot be used with --domain")
         if args.disk and "disks" not in DomainSpec.__dataclass_fields__:
             raise PyvmmError("--disk attaches to a single-guest boot; several domains take no disks yet")
-        specs = [DomainSpec(kernel=args.kernel, cmdline=args.cmdline, memory=args.memory, initrd=args.initrd)]
+        specs = [DomainSpec(kernel=args.kernel, cmdline=args.cmdline, memory=args.memory, initrd=args.initrd,
+                            nets=args.net)]
         specs += [parse_domain_spec(d) for d in args.domain]
         return boot_domains(specs, mmu=args.mmu, stats=args.stats)
     except PyvmmError as e:

@@ -34,6 +34,8 @@ from pyvmm.devices.block.vbd import attach_vbds, detach_vbds, open_disks
 from pyvmm.devices.bus import IoBus
 from pyvmm.devices.cmos import Mc146818
 from pyvmm.devices.i8042 import I8042
+from pyvmm.devices.net.hostnet import HostNetwork
+from pyvmm.devices.net.vif import attach_vifs, detach_vifs
 from pyvmm.devices.irq import IrqLine
 from pyvmm.devices.pic import PicPair
 from pyvmm.devices.pit import I8254
@@ -79,6 +81,9 @@ class VmConfig:
     # Disks for a PV guest's blkfront (devices/block/vbd.py): "FILE[,format=raw|qcow2][,readonly]"
     # strings or DiskSpecs, served as xvda, xvdb ... by a blkback each in domain 0.
     disks: list = field(default_factory=list)
+    # Network interfaces for a PV guest's netfront (devices/net/vif.py): "switch=NAME[,mac=M]"
+    # or "udp,local=HOST:PORT,remote=HOST:PORT[,mac=M]" strings or NetSpecs, vif 0, 1 ...
+    nets: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
@@ -98,26 +103,34 @@ class Platform:
             self.io.register(dev)
         self._wake = threading.Event()
         self.input_attached = False
+        self.network = None             # a HostNetwork when the guest has vifs: polled and waited on
         # Ports whose writes can move the next timer deadline (the vCPU re-arms its
         # host timer after them).
         self.timer_ports = frozenset(self.pit.ports) | frozenset(self.sysctl.ports)
 
     def tick(self, now):
         self.pit.advance(now)
+        if self.network is not None:
+            self.network.poll()          # frames from other processes, between guest slices
 
     def next_deadline(self, now):
         return self.pit.next_deadline_ns(now)
 
     def can_wake(self):
-        return self.input_attached
+        return self.input_attached or (self.network is not None and self.network.can_wake)
 
     def wait(self, seconds):
-        self._wake.wait(seconds)
+        if self.network is not None and self.network.can_wake:
+            self.network.wait(seconds)   # a datagram for a vif ends the wait too
+        else:
+            self._wake.wait(seconds)
         self._wake.clear()
 
     def wake(self):
         """End a wait() early (a pause request for a halted vCPU)."""
         self._wake.set()
+        if self.network is not None:
+            self.network.wake()
 
     def devices(self):
         """{name: device} of the devices whose state a snapshot carries (names of
@@ -127,17 +140,23 @@ class Platform:
 
     def feed_input(self, data):
         self.serial.feed(data)
-        self._wake.set()
+        self.wake()
 
 
 class Machine:
-    def __init__(self, config, *, dom0=None, domid=1, name=None):
+    def __init__(self, config, *, dom0=None, domid=1, name=None, network=None):
         """``dom0`` (a pv.dom0.Dom0), ``domid`` and ``name``: where a --pv guest joins a
-        host of several domains (pv/hypervisor.py); alone it gets its own domain 0."""
+        host of several domains (pv/hypervisor.py); alone it gets its own domain 0.
+        ``network`` (a HostNetwork) is the process's switches and endpoints its vifs
+        join; alone it gets its own, closed with it."""
         self.config = config
         self.vbds = []
+        self.vifs = []
+        self._own_network = None
         if config.disks and not config.pv:
             raise ConfigError("--disk needs --pv: disks are served to a PV guest's blkfront")
+        if config.nets and not config.pv:
+            raise ConfigError("--net needs --pv: vifs are served to a PV guest's netfront")
         self.memory = GuestMemory(parse_size(config.memory))
         loader = load_pv_kernel if config.pv else load_kernel
         self.boot = loader(config.kernel, self.memory, initrd=config.initrd, cmdline=config.cmdline)
@@ -179,6 +198,15 @@ class Machine:
             if config.disks:
                 try:
                     self.vbds = attach_vbds(self.pv, open_disks(config.disks))
+                except BaseException:
+                    self.close()
+                    raise
+            if config.nets:
+                if network is None:
+                    network = self._own_network = HostNetwork()
+                self.platform.network = network
+                try:
+                    self.vifs = attach_vifs(self.pv, config.nets, network)
                 except BaseException:
                     self.close()
                     raise
@@ -264,6 +292,9 @@ class Machine:
         if getattr(self, "vbds", None):
             raise ConfigError("cannot save a PV guest with disks attached: blkback's rings and "
                               "requests in flight are not in the snapshot format yet")
+        if getattr(self, "vifs", None):
+            raise ConfigError("cannot save a PV guest with network interfaces: netback's rings "
+                              "are not in the snapshot format yet")
 
     def snapshot_config(self):
         """What a VM is rebuilt from (snapshot.CONFIG_FIELDS), as plain values."""
@@ -456,8 +487,15 @@ class Machine:
         if self.engine.uc is not None:
             self.vcpu.close()
             self.engine.close()
-        vbds, self.vbds = self.vbds, []
-        detach_vbds(vbds)              # backends stopped, images flushed and closed
+        vifs, self.vifs = self.vifs, []
+        try:
+            detach_vifs(vifs)          # off their switches, backends stopped
+        finally:
+            if self._own_network is not None:
+                self._own_network.close()
+                self._own_network = None
+            vbds, self.vbds = self.vbds, []
+            detach_vbds(vbds)          # backends stopped, images flushed and closed
 
 
 def entry_controls(mmu=None):

@@ -25,13 +25,15 @@ Invariants:
 import re
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pyvmm.devices.net.hostnet import HostNetwork
 from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.pv.dom0 import Dom0
 from pyvmm.pv.scheduler import ALL_STOPPED, DEFAULT_WEIGHT, CreditScheduler, format_stats
 
-SPEC_KEYS = ("name", "cmdline", "memory", "weight", "cap", "initrd")
+SPEC_KEYS = ("name", "cmdline", "memory", "weight", "cap", "initrd", "net")
+REPEATABLE_KEYS = ("net",)
 _KEY_SPLIT = re.compile(r",(?=(?:%s)=)" % "|".join(SPEC_KEYS))
 SWITCH_INTERVAL_S = 0.0002
 NOTHING_WAKES = "domain blocked with nothing to wake it: every live domain is blocked without a timer"
@@ -48,12 +50,14 @@ class DomainSpec:
     weight: int = DEFAULT_WEIGHT
     cap: int = 0
     initrd: str = None
+    nets: list = field(default_factory=list)     # --net specs of its vifs (devices/net/vif.py)
 
 
 def parse_domain_spec(text, **defaults):
-    """``KERNEL[,name=N][,cmdline=...][,memory=M][,weight=W][,cap=P][,initrd=F]``;
-    a comma inside a value is kept unless a known key follows it (``cmdline=a,b`` is
-    fine). ConfigError names the part that is wrong."""
+    """``KERNEL[,name=N][,cmdline=...][,memory=M][,weight=W][,cap=P][,initrd=F][,net=NET]...``;
+    a comma inside a value is kept unless a known key follows it (``cmdline=a,b`` and
+    ``net=udp,local=H:P,remote=H:P`` are fine); ``net=`` may be given once per vif.
+    ConfigError names the part that is wrong."""
     parts = _KEY_SPLIT.split(text)
     if not parts[0] or parts[0].partition("=")[0] in SPEC_KEYS:
         raise ConfigError(f"--domain {text!r}: start with the kernel's path, then key=value options "
@@ -62,6 +66,11 @@ def parse_domain_spec(text, **defaults):
     seen = set()
     for part in parts[1:]:
         key, _, value = part.partition("=")
+        if key in REPEATABLE_KEYS:
+            if not value:
+                raise ConfigError(f"--domain {text!r}: {key}= is empty")
+            spec.nets = spec.nets + [value]
+            continue
         if key in seen:
             raise ConfigError(f"--domain {text!r}: {key}= given twice")
         seen.add(key)
@@ -131,20 +140,28 @@ class _ScheduledVcpu:
 
 class _IdleWaiter:
     """The scheduler's waiter: an Event, except that waiting with no timeout (no timer
-    anywhere) means nothing can wake a domain unless input is attached."""
+    anywhere) means nothing can wake a domain unless input is attached or a host
+    endpoint can bring a frame in; with endpoints it sleeps on them (HostNetwork.wait),
+    so a datagram for a vif wakes its domain."""
 
     def __init__(self, host):
         self.host = host
         self.event = threading.Event()
 
     def wait(self, timeout):
-        if timeout is None and not self.host.input_attached:
+        network = self.host.network
+        if timeout is None and not self.host.input_attached and not network.can_wake:
             self.host._stop_blocked(NOTHING_WAKES)
             return True
+        if network.can_wake:
+            if not self.event.is_set():
+                network.wait(timeout)
+            return self.event.is_set()
         return self.event.wait(timeout)
 
     def set(self):
         self.event.set()
+        self.host.network.wake()
 
     def clear(self):
         self.event.clear()
@@ -162,6 +179,7 @@ class Hypervisor:
         if not specs:
             raise ConfigError("no guest domain to run")
         self.dom0 = Dom0()
+        self.network = HostNetwork()      # the switches and endpoints every domain's vifs join
         self.scheduler = scheduler or CreditScheduler(waiter=_IdleWaiter(self))
         self.input_attached = False
         out = console or _stdout
@@ -180,8 +198,8 @@ class Hypervisor:
                 if len(specs) > 1:
                     write = self.consoles[domid] = LinePrefixer(f"{name}: ", out)
                 config = VmConfig(kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline,
-                                  memory=spec.memory, mmu=mmu, pv=True, console=write)
-                machine = Machine(config, dom0=self.dom0, domid=domid, name=name)
+                                  memory=spec.memory, mmu=mmu, pv=True, console=write, nets=spec.nets)
+                machine = Machine(config, dom0=self.dom0, domid=domid, name=name, network=self.network)
                 self.machines[domid] = machine
                 entry = self.entries[domid] = _ScheduledVcpu(self, machine, domid, name)
                 self.scheduler.add_domain(domid, [entry], weight=spec.weight, cap=spec.cap)
@@ -255,6 +273,7 @@ class Hypervisor:
         for domid, machine in self.machines.items():
             if domid not in self.results:
                 machine.close()
+        self.network.close()
 
     # ---- reports ----
     def stats(self):
@@ -281,6 +300,8 @@ def boot_domains(specs, *, mmu="ept", stats=False, err=None):
         results = host.run()
     except KeyboardInterrupt:
         results = dict(sorted(host.results.items()))
+    finally:
+        host.close()
     sys.stdout.flush()
     if stats:
         print(host.stats(), file=err)
