@@ -109,7 +109,7 @@ def _parser():
                     help="stop only at these exits: " + ",".join(sorted(SHORT_NAMES)))
     bench = sub.add_parser("bench", help="measure exit costs or guest speed next to bare Unicorn")
     bench.add_argument("what", choices=("exits", "guest-speed", "linux-boot", "dirty-scan", "storage", "mmu",
-                                        "migrate", "blk", "net"))
+                                        "migrate", "blk", "net", "pv"))
     bench.add_argument("--kernel", help="linux-boot: the kernel (default: scripts/fetch_kernel.py's cache)")
     bench.add_argument("--initrd", help="linux-boot: the initramfs (default: scripts/mkinitramfs.py's)")
     bench.add_argument("--json", action="store_true")
@@ -137,6 +137,11 @@ def _bench(args):
     if args.what == "blk":
         from pyvmm.devices.block.bench import bench_blk, format_results
         result = bench_blk(repeats=args.repeats)
+        print(json.dumps(result) if args.json else format_results(result))
+        return 0
+    if args.what == "pv":
+        from pyvmm.pv.bench import bench_pv, format_results
+        result = bench_pv(n=min(args.iters or 512, 512), repeats=args.repeats)
         print(json.dumps(result) if args.json else format_results(result))
         return 0
     if args.what == "net":
