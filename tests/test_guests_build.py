@@ -36,6 +36,7 @@ GUESTS = {                         # name -> (ELF class, e_machine)
     "pvballoon": (64, "EM_X86_64"),
     "pvhostile": (64, "EM_X86_64"),
     "pvgrantmap": (64, "EM_X86_64"),
+    "pvbench": (64, "EM_X86_64"),
     "hello32": (32, "EM_386"),
     "exceptions32": (32, "EM_386"),
 }

@@ -127,6 +127,7 @@ class GrantTable:
         self.nr_frames = 0
         self._active = {}
         self._maptrack = [None] * max_maptrack
+        self._held = {}                  # handle -> live GrantMapping (mappings() without a scan)
         self._free_handles = list(range(max_maptrack - 1, -1, -1))
         if self._pool:
             self.grow(1)
@@ -372,7 +373,7 @@ class GrantTable:
                 mapping._drop()
                 granter.grant_table._unpin(ref, readonly)
                 raise
-        self._maptrack[handle] = mapping
+        self._maptrack[handle] = self._held[handle] = mapping
         return mapping
 
     def unmap_grant_ref(self, handle, host_addr=0, dev_bus_addr=0):
@@ -391,6 +392,7 @@ class GrantTable:
 
     def _release(self, mapping):
         self._maptrack[mapping.handle] = None
+        del self._held[mapping.handle]
         self._free_handles.append(mapping.handle)
         mapping.granter.grant_table._unpin(mapping.ref, mapping.readonly)
         if self.domain.on_foreign_unmap is not None:
@@ -415,7 +417,8 @@ class GrantTable:
 
     def mappings(self):
         """Every live GrantMapping this domain holds, by handle."""
-        return [m for m in self._maptrack if m is not None]
+        held = self._held
+        return [held[h] for h in sorted(held)] if held else []
 
     # --- copy ----------------------------------------------------------------------
 
