@@ -286,6 +286,7 @@ class Engine:
         self._running = False
         self._kicked = False
         self.on_exit = None             # callable(kind, a, b, c) -> int, set by the Vcpu
+        self.kicks = 0                  # kick() calls: a run they ended may have made no progress
         _pending_errors[self] = None
 
     # ---- life cycle ----
@@ -346,6 +347,7 @@ class Engine:
         asynchronous stops while Linux patches its own code (alternatives) left it
         with corrupted stacks, so they are the fallback, not the rule."""
         with self._lock:
+            self.kicks += 1
             if not self._running:
                 self._kicked = True
             elif force:
