@@ -65,25 +65,7 @@ static struct {
     unsigned long arp_requests, arp_replies, echo_requests, echo_replies, ignored, tx_errors, rx_errors;
 } stat;
 
-/* ---- the command line: `key=value` words (numbers through pvcmdline.h) ---- */
-static const char *cmdline_value(const char *key)
-{
-    const char *p = (const char *)si->cmd_line;
-    size_t klen = slen(key);
-    while (*p) {
-        while (*p == ' ')
-            p++;
-        size_t i = 0;
-        while (i < klen && p[i] == key[i])
-            i++;
-        if (i == klen && p[i] == '=')
-            return p + i + 1;
-        while (*p && *p != ' ')
-            p++;
-    }
-    return NULL;
-}
-
+/* ---- the command line: `key=value` words (pvcmdline.h) ---- */
 static int value_is(const char *value, const char *word)
 {
     while (*word && *value == *word) { value++; word++; }
