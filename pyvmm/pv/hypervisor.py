@@ -19,7 +19,10 @@ Invariants:
   input) can ever wake one, the blocked domains are stopped with that reason
   instead of sleeping forever;
 - each domain's console (ring and console_io) is written whole lines at a time with
-  ``<name>: `` in front when more than one domain runs.
+  ``<name>: `` in front when more than one domain runs;
+- every domain's vifs join one HostNetwork (devices/net/hostnet.py): ``switch=NAME``
+  is the same switch in every domain; with UDP endpoints the idle scheduler sleeps on
+  their sockets, so a datagram wakes the domain it is for.
 """
 
 import re
