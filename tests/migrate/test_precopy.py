@@ -357,3 +357,55 @@ def test_source_hears_why_the_receiver_refused(make_vm):
     dest.join()
     assert dest.got is None and "4096 pages of RAM" in str(dest.error)
     assert_runs_on(vm, 0)
+
+
+# --- a destination that builds its VM when the stream begins -------------------------
+
+class Built:
+    """What prepare() built and whether discard() dropped it."""
+
+    def __init__(self):
+        self.ram = None
+        self.configs = []
+        self.discarded = 0
+
+    def prepare(self, config, size):
+        self.configs.append(config)
+        self.ram = bytearray(size)
+        return self.ram
+
+    def discard(self):
+        self.discarded += 1
+
+
+def test_pages_are_written_into_the_destinations_ram_as_they_arrive():
+    built = Built()
+    page = bytes(range(256)) * 16
+    ours, theirs = socket.socketpair()
+    ours.sendall(crafted(begin(config={"k": 1}), S.MemoryRecord([S.Page(2, S.PageEncoding.RAW, page)]),
+                         mem(0, 1, 3), rnd(1, 4, final=True), DEVICES))
+    got = []
+    receive(theirs, lambda *a: got.append(a), prepare=built.prepare, discard=built.discard, timeout=2.0)
+    assert built.configs == [{"k": 1}] and built.discarded == 0
+    assert built.ram == bytes(2 * PAGE_SIZE) + page + bytes(PAGE_SIZE)
+    assert session.read_result(ours, "test")["ok"] is True
+
+
+@pytest.mark.parametrize("records, cut", [
+    ((begin(), mem(0, 1)), 10),                                  # dropped mid-stream
+    ((begin(), mem(0, 1, 7)), 0),                                # a page outside RAM
+    ((begin(), mem(0, 1, 2, 3), rnd(1, 4, final=True)), 0),     # END before the devices
+])
+def test_a_refused_stream_discards_what_prepare_built_once(records, cut):
+    built = Built()
+    data = crafted(*records)
+    err, answer = feed(data[:len(data) - cut], prepare=built.prepare, discard=built.discard)
+    assert built.discarded == 1 and answer["error"] == str(err)
+
+
+def test_a_destination_that_cannot_build_the_vm_refuses_it():
+    def prepare(config, size):
+        raise OSError("no such kernel")
+    discarded = []
+    err, answer = feed(crafted(begin(), mem(0, 1, 2, 3)), prepare=prepare, discard=lambda: discarded.append(1))
+    assert "the VM cannot be built here: no such kernel" in str(err) and not discarded
