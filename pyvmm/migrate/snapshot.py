@@ -11,7 +11,8 @@ Layout (all in one stream of the current version): the ``snapshot/config`` DEVIC
 (snapshot format, VM config, RAM size); then DISK records (one per attachment), VCPU
 records, MEMORY records with every page that is not all zeros (a page no entry names
 is zero), one DEVICE record per device (blob: one state value, a map), GRANT_TABLE
-and EVENT_CHANNELS records per domain, at most one XENSTORE record, and END.
+and EVENT_CHANNELS records of a PV guest's domain, at most one XENSTORE record (that
+domain's xenstore home), and END. A PV guest's own platform state is the ``pv`` device.
 
 Invariants:
 - ``read_snapshot`` reads and checks the whole stream (framing, CRC chain, the config
@@ -283,24 +284,6 @@ def restore_devices(devices, states, where="snapshot"):
         for name in done:
             devices[name].restore(before[name])
         raise
-
-
-def restore_pv(domains, xenstore, snap):
-    """Give each domain of ``domains`` (domid -> Domain; call after restore_memory) its
-    grant table and event channels, and ``xenstore`` its nodes. Every domid the
-    snapshot names must be there before anything is restored."""
-    unknown = sorted((set(snap.grant_tables) | set(snap.event_channels)) - set(domains))
-    if unknown:
-        raise MigrationStreamError(f"snapshot: PV state for domain(s) {unknown}, which this VM "
-                                   f"does not have")
-    if snap.xenstore is not None and xenstore is None:
-        raise MigrationStreamError("snapshot: xenstore nodes, but this VM has no xenstore")
-    for domid, state in sorted(snap.grant_tables.items()):
-        domains[domid].grant_table.restore(state)
-    for domid, state in sorted(snap.event_channels.items()):
-        domains[domid].evtchn.restore(state)
-    if snap.xenstore is not None:
-        xenstore.restore(snap.xenstore)
 
 
 def zero_memory(memory, keep=()):
