@@ -141,32 +141,6 @@ static uint16_t inet_checksum(const uint8_t *p, size_t n)
 static char fe_dir[64], be_dir[128];
 
 /* ---- the rings ---- */
-/* Block until the vif's port has seen more than `seen` events or `deadline` passed.
- * Upcalls are masked while the condition is checked and the timer (VIRQ_TIMER, bound
- * in pv_main) armed: SCHEDOP_block unmasks them and returns at once if one is pending,
- * so an event (the timer's included) that comes between the check and the block is
- * not lost, as it would be if its upcall ran just before the guest blocked. An event
- * pending while masked is taken here by running the upcall's work directly. */
-void do_upcall(void);                       /* pvlib.c: the upcall's work (pvhead.S calls it) */
-
-static void wait_event(uint64_t seen, uint64_t deadline)
-{
-    volatile vcpu_info_t *v = &shared->vcpu_info[0];
-    volatile uint8_t *mask = &v->evtchn_upcall_mask;
-    for (;;) {
-        *mask = 1;
-        barrier();
-        if (v->evtchn_upcall_pending)
-            do_upcall();                    /* what the masked upcall would have done */
-        if (port_events[port] > seen || now_ns() >= deadline)
-            break;
-        hypercall(__HYPERVISOR_set_timer_op, deadline, 0, 0, 0, 0);
-        block();                            /* unmasks upcalls */
-    }
-    *mask = 0;
-    barrier();
-}
-
 static void post_rx(uint16_t id)
 {
     netif_rx_request_t *req = RING_GET_REQUEST(&rx, rx.req_prod_pvt);
@@ -215,7 +189,7 @@ static uint8_t *tx_frame(uint16_t *id)
         if (!more) {
             if (now_ns() >= deadline)
                 return NULL;
-            wait_event(seen, deadline);
+            wait_port(port, seen, deadline);
         }
     }
 }
@@ -437,7 +411,7 @@ static unsigned wait_frames(uint64_t deadline)
         unsigned got = receive();
         if (got || now_ns() >= deadline)
             return got;
-        wait_event(seen, deadline);
+        wait_port(port, seen, deadline);
     }
 }
 

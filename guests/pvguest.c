@@ -50,8 +50,7 @@ static void test_timer(void)
     for (int i = 0; i < TIMER_TICKS; i++) {
         uint64_t seen = port_events[port];
         hypercall(__HYPERVISOR_set_timer_op, now_ns() + TIMER_PERIOD_NS, 0, 0, 0, 0);
-        while (port_events[port] == seen)
-            block();
+        wait_events(port, seen);
     }
     uint64_t elapsed = now_ns() - start;
     line("timer: ", (long)port_events[port], " upcalls on VIRQ_TIMER while blocked");

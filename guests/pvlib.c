@@ -185,12 +185,50 @@ void setup_upcalls(void)
 
 void block(void) { sched_op(SCHEDOP_block, NULL); }
 
+/* Waiting without losing a wake-up. Upcalls are masked while the caller's condition is
+ * checked: SCHEDOP_block unmasks them and returns at once if one is pending (sched.h),
+ * so an event that comes between the check and the block is taken, not slept through.
+ * Without the mask, an upcall that ran just before the block (the timer's, say) left the
+ * guest asleep with nothing armed to wake it. An upcall pending while masked is taken
+ * here by doing its work directly. */
+static void mask_upcalls(void)
+{
+    volatile vcpu_info_t *v = &shared->vcpu_info[0];
+    v->evtchn_upcall_mask = 1;
+    barrier();
+    if (v->evtchn_upcall_pending)
+        do_upcall();
+}
+
+static void unmask_upcalls(void)
+{
+    shared->vcpu_info[0].evtchn_upcall_mask = 0;
+    barrier();
+}
+
+/* Block until `port` has seen more than `seen` upcalls (the caller armed what signals it). */
+void wait_events(evtchn_port_t port, uint64_t seen)
+{
+    for (;;) {
+        mask_upcalls();
+        if (port_events[port] > seen)
+            break;
+        block();                                /* unmasks */
+    }
+    unmask_upcalls();
+}
+
 /* Wait until port has seen more than `seen` upcalls, or deadline; 1 if it did. */
 int wait_port(evtchn_port_t port, uint64_t seen, uint64_t deadline)
 {
     hypercall(__HYPERVISOR_set_timer_op, deadline, 0, 0, 0, 0);
-    while (port_events[port] <= seen && now_ns() < deadline)
-        block();
+    for (;;) {
+        mask_upcalls();
+        if (port_events[port] > seen || now_ns() >= deadline)
+            break;
+        block();                                /* unmasks */
+    }
+    unmask_upcalls();
     return port_events[port] > seen;
 }
 
@@ -378,8 +416,7 @@ long xenbus_wait_state(const char *peer_dir, long want, int or_later)
             return state;
         if (now_ns() >= deadline)
             return state;
-        hypercall(__HYPERVISOR_set_timer_op, now_ns() + 1000000, 0, 0, 0, 0);   /* 1 ms */
-        block();
+        wait_port(si->store_evtchn, port_events[si->store_evtchn], now_ns() + 1000000);   /* 1 ms */
     }
 }
 

@@ -73,6 +73,7 @@ uint64_t rdtsc(void);
 uint64_t now_ns(void);                              /* system time from vcpu_time_info */
 void setup_upcalls(void);
 void block(void);
+void wait_events(evtchn_port_t port, uint64_t seen);
 int wait_port(evtchn_port_t port, uint64_t seen, uint64_t deadline);
 
 /* xenstore: one request; reply payload NUL-terminated in out. Returns its length, or -1

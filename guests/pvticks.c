@@ -28,8 +28,7 @@ void pv_main(start_info_t *start)
         uint64_t deadline = start_ns + k * period;
         uint64_t seen = port_events[port];
         hypercall(__HYPERVISOR_set_timer_op, deadline, 0, 0, 0, 0);
-        while (port_events[port] == seen)
-            block();
+        wait_events(port, seen);
         uint64_t now = now_ns();
         uint64_t lateness = now > deadline ? now - deadline : 0;
         got++;
