@@ -160,28 +160,21 @@ class EptTable:
     def map_host(self, gpa, hpa, perms):
         """Map the 4 KiB page at ``gpa`` (beyond RAM) to the VMM's page ``hpa``. The
         table pages this needs are remembered and given back by ``drop_host_maps``.
-        Returns True if permissions or the target changed (a TLB flush is needed)."""
+        The caller flushes the TLB (the page's target may have changed)."""
         if gpa % PAGE or hpa % PAGE or not 0 <= gpa < 1 << 48:
             raise ValueError(f"EPT page {gpa:#x} -> {hpa:#x} is not page aligned or beyond 48 bits")
         leaf = _leaf(hpa, perms, False)
-        table = self.root
-        for shift in (39, 30, 21):
-            slot = self._slot(table, gpa, shift)
-            entry = self._get(slot)
-            if shift == 21 and entry & _PS:
-                self._split(slot)
-                entry = self._get(slot)
-            if not entry & _P:
-                entry = self._alloc() | _TABLE
-                self._set(slot, entry)
-                self._host_tables.append((slot, entry & _ADDR))
-            table = entry & _ADDR
-        slot = self._slot(table, gpa, 12)
-        old = self._get(slot)
-        self._set(slot, leaf)
-        if not old & _P:
+        pde_slot = self._descend(gpa, True, self._host_tables)
+        pde = self._get(pde_slot)
+        if pde & _PS:
+            self._split(pde_slot)
+            pde = self._get(pde_slot)
+        elif not pde & _P:
+            pde = self._new_table(pde_slot, self._host_tables)
+        slot = self._slot(pde & _ADDR, gpa, 12)
+        if not self._get(slot) & _P:
             self._host_leaves.append(slot)
-        return bool(old & _P) and old != leaf
+        self._set(slot, leaf)
 
     def map_foreign(self, gpa, hpa, perms):
         """Point the RAM page at ``gpa`` to the window page ``hpa`` (another domain's
@@ -207,11 +200,6 @@ class EptTable:
         """{RAM gpa: window hpa} of the pages that map another domain's frame."""
         return dict(self._foreign)
 
-    @property
-    def host_maps(self):
-        """How many pages map a VMM page (``map_host``)."""
-        return len(self._host_leaves)
-
     def drop_host_maps(self):
         """Unmap every page ``map_host`` mapped and give back the table pages it
         allocated (they hold nothing else: RAM's tables all exist before). The caller
@@ -232,8 +220,9 @@ class EptTable:
     def _slot(self, table, gpa, shift):
         return table + ((gpa >> shift) & 511) * 8
 
-    def _descend(self, gpa, create):
-        """Slot of the PD entry covering ``gpa`` (creating PDPT/PD on the way)."""
+    def _descend(self, gpa, create, allocated=None):
+        """Slot of the PD entry covering ``gpa`` (creating PDPT/PD on the way; each
+        table created is appended to ``allocated`` as (parent slot, page) if given)."""
         table = self.root
         for shift in (39, 30):
             slot = self._slot(table, gpa, shift)
@@ -241,10 +230,16 @@ class EptTable:
             if not entry & _P:
                 if not create:
                     return None
-                entry = self._alloc() | _TABLE
-                self._set(slot, entry)
+                entry = self._new_table(slot, allocated)
             table = entry & _ADDR
         return self._slot(table, gpa, 21)
+
+    def _new_table(self, slot, allocated=None):
+        entry = self._alloc() | _TABLE
+        self._set(slot, entry)
+        if allocated is not None:
+            allocated.append((slot, entry & _ADDR))
+        return entry
 
     def _split(self, pde_slot):
         """Turn the 2 MiB leaf at ``pde_slot`` into a table of 512 equal 4 KiB leaves."""
@@ -311,8 +306,7 @@ class EptTable:
                 if only_mapped:
                     gpa = (gpa | LARGE - 1) + 1
                     continue
-                pde = self._alloc() | _TABLE
-                self._set(pde_slot, pde)
+                pde = self._new_table(pde_slot)
             pt = pde & _ADDR
             stop = min(end, (gpa | LARGE - 1) + 1)
             while gpa < stop:
