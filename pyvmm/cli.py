@@ -17,6 +17,7 @@ error naming the file and the problem), otherwise non-zero with the reason.
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -120,6 +121,17 @@ def _parser():
     return p
 
 
+# Benchmarks whose module has a function(**kwargs) -> dict and format_results(dict) -> str:
+# name -> (module, function, keyword arguments from the command line).
+_BENCH_MODULES = {
+    "migrate": ("pyvmm.migrate.bench", "bench_migrate", lambda a: {"repeats": a.repeats}),
+    "blk": ("pyvmm.devices.block.bench", "bench_blk", lambda a: {"repeats": a.repeats}),
+    "pv": ("pyvmm.pv.bench", "bench_pv", lambda a: {"n": min(a.iters or 512, 512), "repeats": a.repeats}),
+    "net": ("pyvmm.devices.net.bench", "bench_net", lambda a: {"repeats": a.repeats}),
+    "storage": ("pyvmm.storage.bench", "bench_storage", lambda a: {}),
+}
+
+
 def _bench(args):
     from pyvmm import benchmarks
     if args.what == "dirty-scan":
@@ -129,30 +141,11 @@ def _bench(args):
               f"dirty-page scan over {args.size_mib} MiB: C {result['c_scan_gbps']} GB/s, "
               f"Python {result['python_scan_gbps']} GB/s, memcpy {result['memcpy_gbps']} GB/s")
         return 0
-    if args.what == "migrate":
-        from pyvmm.migrate.bench import bench_migrate, format_results
-        result = bench_migrate(repeats=args.repeats)
-        print(json.dumps(result) if args.json else format_results(result))
-        return 0
-    if args.what == "blk":
-        from pyvmm.devices.block.bench import bench_blk, format_results
-        result = bench_blk(repeats=args.repeats)
-        print(json.dumps(result) if args.json else format_results(result))
-        return 0
-    if args.what == "pv":
-        from pyvmm.pv.bench import bench_pv, format_results
-        result = bench_pv(n=min(args.iters or 512, 512), repeats=args.repeats)
-        print(json.dumps(result) if args.json else format_results(result))
-        return 0
-    if args.what == "net":
-        from pyvmm.devices.net.bench import bench_net, format_results
-        result = bench_net(repeats=args.repeats)
-        print(json.dumps(result) if args.json else format_results(result))
-        return 0
-    if args.what == "storage":
-        from pyvmm.storage.bench import bench_storage, format_results
-        result = bench_storage()
-        print(json.dumps(result) if args.json else format_results(result))
+    if args.what in _BENCH_MODULES:
+        module, function, kwargs = _BENCH_MODULES[args.what]
+        bench = importlib.import_module(module)
+        result = getattr(bench, function)(**kwargs(args))
+        print(json.dumps(result) if args.json else bench.format_results(result))
         return 0
     if args.what == "linux-boot":
         if not (args.kernel and args.initrd):
