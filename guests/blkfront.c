@@ -115,10 +115,7 @@ static blkif_request_t *new_request(uint8_t op, uint64_t sector);
 
 static void push(void)
 {
-    int notify;
-    RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&ring, notify);
-    if (notify)
-        evtchn_send(port);
+    RING_PUSH_AND_NOTIFY(&ring, port);
 }
 
 /* Push what is queued and take responses until none is in flight; -1 on a timeout. */

@@ -151,10 +151,7 @@ static void post_rx(uint16_t id)
 
 static void push_rx(void)
 {
-    int notify;
-    RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&rx, notify);
-    if (notify)
-        evtchn_send(port);
+    RING_PUSH_AND_NOTIFY(&rx, port);
 }
 
 static void reap_tx(void)
@@ -204,10 +201,7 @@ static void tx_send(uint16_t id, unsigned len)
     req->id = id;
     req->size = (uint16_t)len;
     tx.req_prod_pvt++;
-    int notify;
-    RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&tx, notify);
-    if (notify)
-        evtchn_send(port);
+    RING_PUSH_AND_NOTIFY(&tx, port);
 }
 
 static uint8_t *eth_header(uint8_t *f, const uint8_t *dst, uint16_t type)

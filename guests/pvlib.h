@@ -32,6 +32,14 @@
 #define mb() __asm__ __volatile__("mfence" ::: "memory")
 #define rmb() barrier()                     /* x86: loads are not reordered with loads */
 #define wmb() barrier()                     /* x86: stores are not reordered with stores */
+/* Publish a front ring's queued requests and signal `port` only if the backend asked to
+ * be woken (req_event, io/ring.h). Needs <xen/io/ring.h>. */
+#define RING_PUSH_AND_NOTIFY(ring, port) do {                  \
+        int notify_;                                           \
+        RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(ring, notify_);    \
+        if (notify_)                                           \
+            evtchn_send(port);                                 \
+    } while (0)
 /* io/ring.h wants the includer's barriers (since interface version 0x00030208) */
 #define xen_mb() mb()
 #define xen_rmb() rmb()
