@@ -4,7 +4,11 @@ A DiskImage is a virtual disk of ``size`` bytes addressed at byte granularity:
 ``read(offset, length)``, ``write(offset, data)``, ``discard(offset, length)``
 (the range reads as zeros afterwards and its host space may be released),
 ``flush()`` (everything written before is durable, data before the metadata that
-points at it) and ``close()``. Devices never know the format behind it.
+points at it) and ``close()``. ``readv(offset, buffers)`` and ``writev(offset,
+buffers)`` are the scatter/gather forms (preadv/pwritev): the bytes go straight
+between the image and the caller's memory (a device's view of guest RAM), with no
+intermediate bytes object where the format can avoid one. Devices never know the
+format behind it.
 
 Invariants every format keeps: requests outside [0, size) raise DiskImageError
 and change nothing; a read-only image refuses write/discard; after close every
@@ -47,6 +51,21 @@ class DiskImage:
         if data:
             self._write(offset, data)
 
+    def readv(self, offset, buffers):
+        """Fill ``buffers`` (writable byte-format memoryviews, in order) with the guest
+        bytes from ``offset`` on; nothing is read if the range is outside the disk."""
+        total = sum(map(len, buffers))
+        self._check(offset, total, False)
+        if total:
+            self._readv(offset, buffers, total)
+
+    def writev(self, offset, buffers):
+        """Write the concatenation of ``buffers`` (byte-format buffers) at ``offset``."""
+        total = sum(map(len, buffers))
+        self._check(offset, total, True)
+        if total:
+            self._writev(offset, buffers, total)
+
     def discard(self, offset, length):
         self._check(offset, length, True)
         if length:
@@ -81,6 +100,19 @@ class DiskImage:
 
     def _discard(self, offset, length):
         raise NotImplementedError
+
+    def _readv(self, offset, buffers, total):
+        """Any format: one read, scattered (a format overrides it to read in place)."""
+        data = memoryview(self._read(offset, total))
+        pos = 0
+        for buf in buffers:
+            n = len(buf)
+            buf[:] = data[pos:pos + n]
+            pos += n
+
+    def _writev(self, offset, buffers, total):
+        """Any format: gathered into one write (a format overrides it to write in place)."""
+        self._write(offset, b"".join(buffers))
 
     def _flush(self):
         raise NotImplementedError

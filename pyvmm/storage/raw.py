@@ -21,6 +21,7 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
 _libc = None
+_IOV_MAX = 1024          # Linux's UIO_MAXIOV: iovecs one preadv/pwritev call takes
 
 
 def _fallocate():
@@ -81,6 +82,19 @@ class HostFile:
                                                f"is past the end of the file ({self.size:#x} bytes)")
             done += got
 
+    def preadv(self, buffers, offset, total):
+        """Fill ``buffers`` in order from ``offset`` (``total`` = their summed length)
+        with os.preadv; returns the bytes read, short only at end of file."""
+        return _vectored(os.preadv, self.fd, buffers, offset, total)
+
+    def pwritev(self, buffers, offset, total):
+        """Write ``buffers`` in order at ``offset`` with os.pwritev (all of them)."""
+        done = _vectored(os.pwritev, self.fd, buffers, offset, total)
+        if done != total:
+            raise OSError(f"{self.path}: pwritev at {offset:#x} wrote {done} of {total} bytes")
+        if offset + total > self.size:
+            self.size = offset + total
+
     def pwrite(self, offset, data):
         view = memoryview(data)
         n = len(view)
@@ -114,6 +128,37 @@ class HostFile:
             self.fd = -1
 
 
+def _vectored(call, fd, buffers, offset, total):
+    """os.preadv/os.pwritev over any number of buffers: IOV_MAX at a time, resumed
+    after a short transfer; returns the bytes moved (short only if a call moved 0)."""
+    if len(buffers) <= _IOV_MAX:
+        done = call(fd, buffers, offset)
+        if done == total or done <= 0:
+            return max(done, 0)
+    else:
+        done = 0
+    bufs = list(buffers)
+    skip = done                     # drop what the first call moved, then go on
+    i = 0
+    while i < len(bufs):
+        while skip and i < len(bufs):
+            n = len(bufs[i])
+            if skip >= n:
+                skip -= n
+                i += 1
+            else:
+                bufs[i] = memoryview(bufs[i])[skip:]
+                skip = 0
+        if i == len(bufs):
+            break
+        got = call(fd, bufs[i:i + _IOV_MAX], offset + done)
+        if got <= 0:
+            break
+        done += got
+        skip = got
+    return done
+
+
 class RawImage(DiskImage):
     """A disk image that is the host file itself."""
 
@@ -145,6 +190,14 @@ class RawImage(DiskImage):
 
     def _write(self, offset, data):
         self._f.pwrite(offset, data)
+
+    def _readv(self, offset, buffers, total):
+        got = self._f.preadv(buffers, offset, total)
+        if got != total:        # the file shrank under us: the rest reads as zeros
+            DiskImage._readv(self, offset, buffers, total)
+
+    def _writev(self, offset, buffers, total):
+        self._f.pwritev(buffers, offset, total)
 
     def _discard(self, offset, length):
         if not self._f.punch_hole(offset, length):

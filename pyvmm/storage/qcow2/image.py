@@ -19,7 +19,7 @@ Invariants:
   allocation, a discard, a resize) and cleared on a clean close; an overwrite of
   allocated clusters changes no metadata and leaves it alone;
 - a request whose guest range maps to host-contiguous plain clusters is one
-  pread/pwrite (``_run_start``); anything else walks the map cluster run by run; images with the corrupt bit, internal snapshots, or dirty
+  pread/pwrite, or one preadv/pwritev for readv/writev (``_run_start``); anything else walks the map cluster run by run; images with the corrupt bit, internal snapshots, or dirty
   with lazy refcounts open read-only only.
 """
 import os
@@ -146,6 +146,13 @@ class Qcow2Image(DiskImage):
             return self._read(offset, length)
         return DiskImage.read(self, offset, length)
 
+    def _readv(self, offset, buffers, total):
+        # Host-contiguous plain clusters: one preadv straight into the caller's buffers.
+        host = self._run_start(offset, total)
+        if host >= 0 and self._f.preadv(buffers, host + (offset & self._cmask), total) == total:
+            return
+        DiskImage._readv(self, offset, buffers, total)
+
     def _extents(self, offset, length):
         """Merged runs [kind, arg, length] covering the range: kind "d" (host data at arg),
         "b" (backing file at guest offset arg), "z" (zeros), "c" (compressed entry arg)."""
@@ -262,6 +269,13 @@ class Qcow2Image(DiskImage):
                     return
                 return self._f.pwrite(host, data)
         return DiskImage.write(self, offset, data)
+
+    def _writev(self, offset, buffers, total):
+        # An overwrite of host-contiguous plain clusters: one pwritev, no metadata (as write).
+        host = self._run_start(offset, total)
+        if host >= 0:
+            return self._f.pwritev(buffers, host + (offset & self._cmask), total)
+        self._write(offset, b"".join(buffers))
 
     def _write(self, offset, data):
         cb, cs = self.cluster_bits, self.cs
