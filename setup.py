@@ -13,7 +13,8 @@ setup(
         "cffi>=1.15",
     ],
     extras_require={"test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"]},
-    cffi_modules=["csrc/exitpath_build.py:ffibuilder", "csrc/dirtyscan_build.py:ffibuilder"],
+    cffi_modules=["csrc/exitpath_build.py:ffibuilder", "csrc/dirtyscan_build.py:ffibuilder",
+                   "csrc/unlz4_build.py:ffibuilder"],
     entry_points={"console_scripts": ["pyvmm = pyvmm.cli:main"]},
     include_package_data=True,
 )

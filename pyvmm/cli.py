@@ -78,6 +78,10 @@ def _parser():
                         metavar="switch=NAME[,mac=M] | udp,local=HOST:PORT,remote=HOST:PORT[,mac=M]",
                         help="with --pv: a vif for the guest's netfront on an in-process switch, or on a UDP "
                              "endpoint that talks to another pyvmm (vif 0, 1 ... in order; repeatable)")
+        sp.add_argument("--decompress", choices=("host", "guest"), default="host",
+                        help="where a bzImage's compressed kernel is decompressed: host (pyvmm does it, "
+                             "then enters the kernel at startup_64; default) or guest (the kernel's own "
+                             "decompressor runs, as on a PC)")
         sp.add_argument("--mmu", choices=("ept", "shadow", "direct"), default="ept",
                         help="ept: the VMM's EPT-style table under the guest's (default); shadow: the VMM's "
                              "shadow tables built from the guest's (CR3, INVLPG, #PF and page-table "
@@ -156,7 +160,11 @@ def _bench(args):
         except RuntimeError as e:
             raise PyvmmError(f"bench linux-boot: {e}")
         print(json.dumps(result) if args.json else
-              f"to /init: pyvmm {result['pyvmm_s']} s, QEMU TCG {result['qemu_tcg_s']} s ({result['ratio']}x)")
+              f"to /init: pyvmm {result['pyvmm_s']} s, QEMU TCG {result['qemu_tcg_s']} s ({result['ratio']}x)\n"
+              f"  decompressor in the guest for both: pyvmm {result['pyvmm_guest_decompress_s']} s "
+              f"({result['ratio_both_guest_decompress']}x)\n"
+              f"  kernel decompressed on the host for both (QEMU: PVH entry): QEMU TCG "
+              f"{result['qemu_tcg_vmlinux_s']} s ({result['ratio_both_host_decompress']}x)")
         return 0
     if args.what == "mmu":
         result = benchmarks.mmu_modes(iters=args.iters or 20_000, repeats=args.repeats)
@@ -198,7 +206,8 @@ def _config(args, console):
     from pyvmm.machine import VmConfig
     return VmConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, memory=args.memory,
                     exception_bitmap=_exception_bitmap(args.exceptions), rdtsc_exiting=args.rdtsc_exiting,
-                    console=console, mmu=args.mmu, pv=args.pv, disks=args.disk, nets=args.net,
+                    console=console, mmu=args.mmu, decompress=args.decompress, pv=args.pv, disks=args.disk,
+                    nets=args.net,
                     # an interactive `boot` types into COM1; step reads its commands from stdin
                     stdin=args.command == "boot" and sys.stdin.isatty())
 

@@ -30,7 +30,7 @@ from pyvmm.cpu.svm import VMEXIT_HLT, VMEXIT_INVLPG, VMEXIT_MSR, VMEXIT_SHUTDOWN
     VMEXIT_WBINVD, intercept_bit
 from pyvmm.cpu.vcpu import Vcpu
 from pyvmm.cpu.vmcs import VmcsControls
-from pyvmm.devices.block.vbd import attach_vbds, detach_vbds, open_disks
+from pyvmm.devices.block.vbd import attach_vbds, detach_vbds, open_disks, restore_vbds
 from pyvmm.devices.bus import IoBus
 from pyvmm.devices.cmos import Mc146818
 from pyvmm.devices.i8042 import I8042
@@ -73,6 +73,10 @@ class VmConfig:
     # page tables exit) or "direct" (no second level: the guest's tables are the
     # engine's; CR3 loads and INVLPG exit; guest memory is not isolated from the VMM's).
     mmu: str = "ept"
+    # Where a bzImage's compressed kernel is decompressed: "host" (pyvmm does it and
+    # enters the kernel proper at startup_64; boot/payload.py says why) or "guest"
+    # (the kernel's own decompressor runs in the guest, as on a PC).
+    decompress: str = "host"
     console: object = None          # callable(bytes); default: stdout
     stdin: bool = False             # feed the host's stdin to COM1
     # Boot the kernel the Xen PV way (boot/pvboot.py, docs/pv-boot.md): Xen ELF notes,
@@ -158,8 +162,11 @@ class Machine:
         if config.nets and not config.pv:
             raise ConfigError("--net needs --pv: vifs are served to a PV guest's netfront")
         self.memory = GuestMemory(parse_size(config.memory))
-        loader = load_pv_kernel if config.pv else load_kernel
-        self.boot = loader(config.kernel, self.memory, initrd=config.initrd, cmdline=config.cmdline)
+        if config.pv:
+            self.boot = load_pv_kernel(config.kernel, self.memory, initrd=config.initrd, cmdline=config.cmdline)
+        else:
+            self.boot = load_kernel(config.kernel, self.memory, initrd=config.initrd, cmdline=config.cmdline,
+                                    decompress=config.decompress)
         console = config.console or _stdout_console
         self.console = console
         self.platform = Platform(self.memory.size, console, self._on_power)
@@ -232,6 +239,11 @@ class Machine:
         bitmap, flush = self.mmu.read_dirty_log()
         if flush:
             self.engine.flush_tlb()
+        if self.pv is not None:        # what domain 0 wrote into the guest: no write exit showed it
+            bits = bytearray(bitmap)
+            for gfn in self.pv.host_written_frames():
+                bits[gfn >> 3] |= 1 << (gfn & 7)
+            bitmap = bytes(bits)
         return bitmap
 
     def stop_dirty_log(self):
@@ -289,9 +301,6 @@ class Machine:
             raise ConfigError("cannot save a VM that has already stopped")
         if self.vcpu._started and not self.vcpu.paused:
             raise ConfigError("cannot save a running VM: pause it first (vcpu.request_pause())")
-        if getattr(self, "vbds", None):
-            raise ConfigError("cannot save a PV guest with disks attached: blkback's rings and "
-                              "requests in flight are not in the snapshot format yet")
         if getattr(self, "vifs", None):
             raise ConfigError("cannot save a PV guest with network interfaces: netback's rings "
                               "are not in the snapshot format yet")
@@ -303,14 +312,23 @@ class Machine:
                 "cmdline": c.cmdline, "mmu": c.mmu, "exception_bitmap": c.exception_bitmap,
                 "rdtsc_exiting": c.rdtsc_exiting, "pv": c.pv}
 
+    def drain_backends(self):
+        """Serve the requests already on the disks' rings (the VM is paused): their
+        writes into guest RAM happen now, before the last dirty log is read."""
+        for vbd in self.vbds:
+            vbd.blkback.process()
+
     def save_state(self):
         """The paused VM's state apart from RAM, as plain values (live migration's
         device map): {"vcpu": Vcpu.save(), "devices": {name: device.save()}}, and for a
         PV guest "pv": {"platform", "grant_table", "event_channels", "xenstore"}
-        (PvPlatform.save() and save_domain())."""
+        (PvPlatform.save() and save_domain()) and "disks" (Vbd.save() each: their
+        requests served first, the images flushed)."""
         self._check_saveable()
+        disks = [vbd.save() for vbd in self.vbds]
         state = {"vcpu": self.vcpu.save(), "devices": snapshot.save_devices(self.platform.devices())}
         if self.pv is not None:
+            state["disks"] = disks
             grants, channels, nodes = self.pv.save_domain()
             state["pv"] = {"platform": self.pv.save(), "grant_table": grants, "event_channels": channels,
                            "xenstore": [list(node) for node in nodes]}
@@ -329,6 +347,7 @@ class Machine:
             snap.grant_tables = {domid: pv["grant_table"]}
             snap.event_channels = {domid: pv["event_channels"]}
             snap.xenstore = [tuple(node) for node in pv["xenstore"]]
+            snap.disks = state["disks"]
         return snap
 
     def save(self, path):
@@ -347,8 +366,6 @@ class Machine:
     def from_snapshot(cls, snap, console=None, stdin=False):
         if sorted(snap.vcpus) != [0]:
             raise MigrationStreamError(f"snapshot: vCPU ids {sorted(snap.vcpus)}; this VMM runs one vCPU (id 0)")
-        if snap.disks:
-            raise MigrationStreamError("snapshot: carries disk attachments, which a pyvmm Machine does not have")
         devices, pv = dict(snap.devices), None
         if snap.config.get("pv"):
             domids = sorted(set(snap.grant_tables) | set(snap.event_channels))
@@ -359,13 +376,13 @@ class Machine:
                                            f"and the XENSTORE record")
             pv = {"platform": devices.pop(PV_DEVICE), "grant_table": snap.grant_tables[domids[0]],
                   "event_channels": snap.event_channels[domids[0]], "xenstore": snap.xenstore}
-        elif snap.grant_tables or snap.event_channels or snap.xenstore is not None:
-            raise MigrationStreamError("snapshot: carries PV (grant/event channel/xenstore) state, but its "
+        elif snap.grant_tables or snap.event_channels or snap.xenstore is not None or snap.disks:
+            raise MigrationStreamError("snapshot: carries PV (grant/event channel/xenstore/disk) state, but its "
                                        "config is not a PV guest's")
         machine = cls._build(snap.config, snap.ram_size, console, stdin)
         try:
             snapshot.restore_memory(machine.memory, snap)
-            machine._restore_state(snap.vcpus[0], devices, pv)
+            machine._restore_state(snap.vcpus[0], devices, pv, snap.disks)
         except BaseException:
             machine.close()
             raise
@@ -415,11 +432,13 @@ class Machine:
     def finish_migration(self, state):
         """Put the source's save_state() into a Machine from for_migration whose RAM now
         holds the guest's pages; the VM is then ready to run."""
-        keys = {"vcpu", "devices"} | ({"pv"} if self.pv is not None else set())
-        if not isinstance(state, dict) or set(state) != keys or not isinstance(state["devices"], dict):
+        keys = {"vcpu", "devices"} | ({"pv", "disks"} if self.pv is not None else set())
+        if not isinstance(state, dict) or set(state) != keys or not isinstance(state["devices"], dict) \
+                or not isinstance(state.get("disks", []), list):
             raise MigrationStreamError(f"migration: the VM state must be a map with exactly "
-                                       f"{sorted(keys)} (devices a map)")
-        self._restore_state(state["vcpu"], state["devices"], state.get("pv"))
+                                       f"{sorted(keys)} (devices a map, disks a list)")
+        self._restore_state(state["vcpu"], state["devices"], state.get("pv"), state.get("disks", []),
+                            where="migration")
 
     @classmethod
     def _build(cls, c, ram_size, console, stdin, where="snapshot"):
@@ -430,15 +449,21 @@ class Machine:
                           pv=c.get("pv", False), console=console, stdin=stdin)
         return cls(config)
 
-    def _restore_state(self, vcpu_state, device_states, pv_state):
-        """Devices, PV platform and vCPU of a freshly built Machine whose RAM holds the
-        guest's pages; checked before they change (a refusal raises MigrationStreamError
-        and the caller closes the Machine)."""
+    def _restore_state(self, vcpu_state, device_states, pv_state, disk_states=(), where="snapshot"):
+        """Devices, PV platform, disks and vCPU of a freshly built Machine whose RAM holds
+        the guest's pages; checked before they change (a refusal raises
+        MigrationStreamError and the caller closes the Machine). The disks' images are
+        opened here, once the source has let go of them (shared storage: the same path);
+        their backends are made before the guest's xenstore home comes back (unstarted,
+        so its nodes fire none of their watches) and take up their connections after."""
         check_vcpu_state(vcpu_state)
         snapshot.restore_devices(self.platform.devices(), device_states)
         if self.pv is not None:
             pv = snapshot.check_pv_state(pv_state)
+            self.vbds = restore_vbds(self.pv, disk_states, where)
             released = self.pv.restore(pv["platform"], pv["grant_table"], pv["event_channels"], pv["xenstore"])
+            for vbd, state in zip(self.vbds, disk_states):
+                vbd.restore(state, where)
             if released:
                 self.vcpu.frames_removed(released)
         self.vcpu.restore(vcpu_state, entry_controls(self.mmu))

@@ -57,23 +57,48 @@ def load_elf(path, memory, data=None):
     path = str(path)
     if data is None:
         data = read_image(path, "kernel")
-    kind, entry_mode, elf = _open(path, data)
-    segments = _load_segments(path, elf, data)
-    start = min(s.paddr for s in segments)
-    end = max(s.end for s in segments)
-    check_fits(path, "kernel", end - start, memory)
-    for s in segments:
-        check_range(path, f"PT_LOAD segment {s.index}", s.paddr, s.end, memory)
-    entry = elf["e_entry"]
-    if not any(s.paddr <= entry < s.end for s in segments):
-        raise BadImageError(path, f"entry point {entry:#x} is not inside any PT_LOAD segment")
+    image = check_elf(path, data, memory)
+    write_segments(memory, data, image.segments)
+    return LoadedKernel(path=path, kind=image.kind, entry=image.entry, entry_mode=image.entry_mode,
+                        load_start=image.start, load_end=image.end, reserved_end=image.end,
+                        cmdline_max=CMDLINE_MAX - 1, initrd_addr_max=ELF_INITRD_ADDR_MAX)
 
+
+@dataclass(frozen=True)
+class ElfImage:
+    """An ELF kernel checked against guest RAM, not yet written to it."""
+
+    kind: str
+    entry_mode: str
+    entry: int
+    segments: tuple
+
+    @property
+    def start(self):
+        return min(s.paddr for s in self.segments)
+
+    @property
+    def end(self):
+        return max(s.end for s in self.segments)
+
+
+def check_elf(path, data, memory):
+    """Every check ``load_elf`` makes on the ELF kernel ``data`` before writing RAM."""
+    kind, entry_mode, elf = _open(path, data)
+    image = ElfImage(kind, entry_mode, elf["e_entry"], tuple(_load_segments(path, elf, data)))
+    check_fits(path, "kernel", image.end - image.start, memory)
+    for s in image.segments:
+        check_range(path, f"PT_LOAD segment {s.index}", s.paddr, s.end, memory)
+    if not any(s.paddr <= image.entry < s.end for s in image.segments):
+        raise BadImageError(path, f"entry point {image.entry:#x} is not inside any PT_LOAD segment")
+    return image
+
+
+def write_segments(memory, data, segments):
+    """Copy each checked segment to its p_paddr: p_filesz bytes of ``data``, the rest zeroed."""
     for s in segments:
         memory.write(s.paddr, data[s.offset:s.offset + s.filesz])
         memory.fill(s.paddr + s.filesz, s.memsz - s.filesz)
-    return LoadedKernel(path=path, kind=kind, entry=entry, entry_mode=entry_mode,
-                        load_start=start, load_end=end, reserved_end=end,
-                        cmdline_max=CMDLINE_MAX - 1, initrd_addr_max=ELF_INITRD_ADDR_MAX)
 
 
 def _open(path, data):

@@ -40,6 +40,8 @@ class LoadedKernel:
     kernel_alignment: int = 0       # bzImage: alignment it wants (relocatable kernels)
     protocol: int = 0               # bzImage: boot protocol version (e.g. 0x020F)
     setup_header: Optional[bytes] = None  # bzImage: header bytes for boot_params from 0x1F1
+    decompressed: Optional[str] = None    # bzImage: payload format pyvmm decompressed on the host
+                                          # (None: the kernel's decompressor runs in the guest)
 
 
 def mib(nbytes):

@@ -48,15 +48,19 @@ def probe(data):
     return None
 
 
-def load_kernel(path, memory, initrd=None, cmdline=""):
-    """Load kernel ``path`` (and ``initrd``) into ``memory`` and prepare its entry."""
+def load_kernel(path, memory, initrd=None, cmdline="", decompress="host"):
+    """Load kernel ``path`` (and ``initrd``) into ``memory`` and prepare its entry.
+
+    ``decompress``: where a bzImage's payload is decompressed ("host" or "guest",
+    see bzimage.load_bzimage)."""
     path = str(path)
     data = read_image(path, "kernel")
     loader = probe(data)
     if loader is None:
         start = data[:8].hex(" ") if data else "nothing: the file is empty"
         raise BadImageError(path, f"not an ELF or bzImage kernel (starts with {start})")
-    kernel = loader(path, memory, data)
+    kernel = load_bzimage(path, memory, data, decompress=decompress) if loader is load_bzimage \
+        else loader(path, memory, data)
     encode_cmdline(kernel, cmdline)
     initrd_gpa, initrd_size = load_initrd(initrd, memory, kernel) if initrd is not None else (0, 0)
     write_boot_params(memory, kernel, cmdline, initrd_gpa, initrd_size)

@@ -51,7 +51,7 @@ def elf(bits=64, machine=None, etype=ET_EXEC, entry=0x100000, segments=None, dat
 def bzimage(payload=b"\xf4" * 4096, version=0x020F, setup_sects=4, loadflags=0x01, xloadflags=0x01,
             relocatable=0, kernel_alignment=0x200000, pref_address=0x100000, init_size=0,
             initrd_addr_max=0x7FFFFFFF, cmdline_size=2047, boot_flag=0xAA55, magic=b"HdrS",
-            syssize=None, header_length=0x6A):
+            syssize=None, header_length=0x6A, payload_offset=0, payload_length=0):
     """A bzImage: boot sector + setup sectors holding a setup header, then ``payload``."""
     setup = bytearray(((setup_sects or 4) + 1) * 512)
     if syssize is None:
@@ -70,6 +70,7 @@ def bzimage(payload=b"\xf4" * 4096, version=0x020F, setup_sects=4, loadflags=0x0
     struct.pack_into("<B", setup, 0x234, relocatable)
     struct.pack_into("<H", setup, 0x236, xloadflags)
     struct.pack_into("<I", setup, 0x238, cmdline_size)
+    struct.pack_into("<II", setup, 0x248, payload_offset, payload_length)
     struct.pack_into("<Q", setup, 0x258, pref_address)
     struct.pack_into("<I", setup, 0x260, init_size)
     return bytes(setup) + payload
