@@ -90,7 +90,7 @@ def _parser():
     boot = sub.add_parser("boot", help="boot a kernel and show its console")
     common(boot, True)
     boot.add_argument("--domain", action="append", default=[],
-                      metavar="KERNEL[,name=N,cmdline=...,memory=M,weight=W,cap=P,initrd=F]",
+                      metavar="KERNEL[,name=N,cmdline=...,memory=M,weight=W,cap=P,initrd=F,net=NET,disk=DISK]",
                       help="with --pv: one more PV guest in this process (repeatable); all share domain 0 "
                            "and the credit scheduler")
     boot.add_argument("--control", metavar="SOCKET", help="serve the control protocol on this unix socket "
@@ -301,10 +301,8 @@ def _boot_domains(args):
             raise PyvmmError("--domain needs --pv (only PV guests share a domain 0)")
         if args.control:
             raise PyvmmError("--control serves one VM; it cannot be used with --domain")
-        if args.disk and "disks" not in DomainSpec.__dataclass_fields__:
-            raise PyvmmError("--disk attaches to a single-guest boot; several domains take no disks yet")
         specs = [DomainSpec(kernel=args.kernel, cmdline=args.cmdline, memory=args.memory, initrd=args.initrd,
-                            nets=args.net)]
+                            nets=args.net, disks=args.disk)]
         specs += [parse_domain_spec(d) for d in args.domain]
         return boot_domains(specs, mmu=args.mmu, stats=args.stats)
     except PyvmmError as e:

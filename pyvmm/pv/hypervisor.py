@@ -35,8 +35,8 @@ from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.pv.dom0 import Dom0
 from pyvmm.pv.scheduler import ALL_STOPPED, DEFAULT_WEIGHT, CreditScheduler, format_stats
 
-SPEC_KEYS = ("name", "cmdline", "memory", "weight", "cap", "initrd", "net")
-REPEATABLE_KEYS = ("net",)
+SPEC_KEYS = ("name", "cmdline", "memory", "weight", "cap", "initrd", "net", "disk")
+REPEATABLE_KEYS = {"net": "nets", "disk": "disks"}     # key= given once per item -> DomainSpec list
 _KEY_SPLIT = re.compile(r",(?=(?:%s)=)" % "|".join(SPEC_KEYS))
 SWITCH_INTERVAL_S = 0.0002
 NOTHING_WAKES = "domain blocked with nothing to wake it: every live domain is blocked without a timer"
@@ -54,12 +54,14 @@ class DomainSpec:
     cap: int = 0
     initrd: str = None
     nets: list = field(default_factory=list)     # --net specs of its vifs (devices/net/vif.py)
+    disks: list = field(default_factory=list)    # --disk specs of its vbds (devices/block/vbd.py)
 
 
 def parse_domain_spec(text, **defaults):
-    """``KERNEL[,name=N][,cmdline=...][,memory=M][,weight=W][,cap=P][,initrd=F][,net=NET]...``;
-    a comma inside a value is kept unless a known key follows it (``cmdline=a,b`` and
-    ``net=udp,local=H:P,remote=H:P`` are fine); ``net=`` may be given once per vif.
+    """``KERNEL[,name=N][,cmdline=...][,memory=M][,weight=W][,cap=P][,initrd=F][,net=NET]...[,disk=DISK]...``;
+    a comma inside a value is kept unless a known key follows it (``cmdline=a,b``,
+    ``net=udp,local=H:P,remote=H:P`` and ``disk=F,format=qcow2,readonly`` are fine);
+    ``net=`` may be given once per vif, ``disk=`` once per disk.
     ConfigError names the part that is wrong."""
     parts = _KEY_SPLIT.split(text)
     if not parts[0] or parts[0].partition("=")[0] in SPEC_KEYS:
@@ -72,7 +74,8 @@ def parse_domain_spec(text, **defaults):
         if key in REPEATABLE_KEYS:
             if not value:
                 raise ConfigError(f"--domain {text!r}: {key}= is empty")
-            spec.nets = spec.nets + [value]
+            attribute = REPEATABLE_KEYS[key]
+            setattr(spec, attribute, getattr(spec, attribute) + [value])
             continue
         if key in seen:
             raise ConfigError(f"--domain {text!r}: {key}= given twice")
@@ -201,7 +204,8 @@ class Hypervisor:
                 if len(specs) > 1:
                     write = self.consoles[domid] = LinePrefixer(f"{name}: ", out)
                 config = VmConfig(kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline,
-                                  memory=spec.memory, mmu=mmu, pv=True, console=write, nets=spec.nets)
+                                  memory=spec.memory, mmu=mmu, pv=True, console=write, nets=spec.nets,
+                                  disks=spec.disks)
                 machine = Machine(config, dom0=self.dom0, domid=domid, name=name, network=self.network)
                 self.machines[domid] = machine
                 entry = self.entries[domid] = _ScheduledVcpu(self, machine, domid, name)

@@ -153,3 +153,34 @@ def test_boot_domains_reports_each_domain_and_the_first_failure(capsys):
     assert re.search(r"pyvmm: domain 2 \(bad\): status 1: EPT violation", err)
     assert "domain weight" in err and "domain 2 (bad):" in err
     assert boot_domains([guest("no-such-kernel")]) == 2
+
+
+@pytest.mark.skipif(__import__("shutil").which("qemu-img") is None, reason="needs qemu-img (qemu-utils)")
+def test_each_domain_gets_its_own_disks_from_domain_0(tmp_path):
+    """Two blkfront domains, a raw and a qcow2 disk, one blkback each in the shared domain
+    0: both guests' checks pass and qemu-img finds each one's pattern in its own file only."""
+    import subprocess
+
+    from pyvmm.devices.block.pattern import SECTOR_SIZE, pattern
+    disks = {}
+    for name, fmt in (("r", "raw"), ("q", "qcow2")):
+        disks[name] = tmp_path / f"{name}.{fmt}"
+        subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(disks[name]), "4M"], check=True)
+    spec = parse_domain_spec(f"{BUILD / 'blkfront.elf'},name=r,disk={disks['r']},"
+                             f"cmdline=start=8 sectors=64 seed=3")
+    other = parse_domain_spec(f"{BUILD / 'blkfront.elf'},name=q,disk={disks['q']},format=qcow2,"
+                              f"cmdline=start=16 sectors=32 seed=5")
+    assert (spec.disks, other.disks) == ([str(disks["r"])], [f"{disks['q']},format=qcow2"])
+    host, results, lines = run(spec, other)
+    assert [r.status for r in results.values()] == [0, 0], lines
+    for name in ("r", "q"):
+        assert any(line.startswith(f"{name}: blkfront: ") and line.endswith("checks passed") for line in lines), lines
+    for name, fmt, start, count, seed in (("r", "raw", 8, 64, 3), ("q", "qcow2", 16, 32, 5)):
+        raw = tmp_path / f"{name}.out"
+        subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(disks[name]), str(raw)], check=True)
+        data = raw.read_bytes()
+        written = data[start * SECTOR_SIZE:(start + count) * SECTOR_SIZE]
+        kept = pattern(seed, start, count)
+        # the guest discards the last sectors of its range; the rest is its pattern
+        assert written[:len(kept) - 16 * SECTOR_SIZE] == kept[:len(kept) - 16 * SECTOR_SIZE]
+        assert data[:start * SECTOR_SIZE] == bytes(start * SECTOR_SIZE)
