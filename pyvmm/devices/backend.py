@@ -18,7 +18,9 @@ domain, device) pair, whatever its protocol:
 
 A device subclass names its rings (``RINGS``), the ring ``process()`` serves
 (``REQUEST_RING``) and implements ``serve(requests)``; it may refuse the frontend's
-other values in ``check_frontend`` and act after each push in ``after_push``.
+other values in ``check_frontend`` (which also sees the optional keys the frontend
+published, ``FRONTEND_OPTIONAL_KEYS``: features it negotiates), act after each push
+in ``after_push``, and drop what it kept for the connection in ``drop_connection``.
 
 Invariants:
 - The rings are never served before xenbus says Connected: the event channel gets
@@ -33,14 +35,15 @@ Invariants:
   device's resources, and other devices and domains are not touched.
 - Data pages are mapped only inside ``frontend_pages`` or a copy and unmapped when it ends,
   also when a mapping or the work fails; between requests the backend holds only
-  its ring mappings.
+  its ring mappings, and what a device keeps for the connection (blkback's
+  persistent grants), which ``drop_connection`` releases before the rings go.
 - ``process`` is not re-entered (a notification raised while serving is looked at
   by the final check of the running loop).
 """
 
 from pyvmm.devices.ring import BackRing
 from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
-from pyvmm.errors import PyvmmError, RingError
+from pyvmm.errors import PyvmmError, RingError, XenstoreError
 from pyvmm.pv import abi
 
 __all__ = ["SplitBackend", "FrontendPages", "EVENT_CHANNEL_KEY", "frontend_int"]
@@ -99,7 +102,9 @@ class SplitBackend:
     - ``RINGS``: ((xenstore key of the ring's grant reference, RingLayout), ...);
     - ``REQUEST_RING``: the key of the ring ``process()`` consumes;
     - ``FRONTEND_KEYS``: other keys the frontend must publish (``check_frontend``
-      sees them with the ring references and the event channel).
+      sees them with the ring references and the event channel);
+    - ``FRONTEND_OPTIONAL_KEYS``: keys the frontend may publish (features);
+      ``check_frontend`` sees those present.
 
     ``rings`` maps each key to its BackRing while connected (empty otherwise);
     ``port`` is the bound event channel; ``error`` says why the frontend was
@@ -110,6 +115,7 @@ class SplitBackend:
     RINGS = ()
     REQUEST_RING = None
     FRONTEND_KEYS = ()
+    FRONTEND_OPTIONAL_KEYS = ()
 
     def __init__(self, backend, client, frontend_domid, devid, details):
         self.backend = backend
@@ -147,10 +153,19 @@ class SplitBackend:
     def after_push(self, served):
         """Runs after the responses of a batch are pushed, with ``serve``'s result."""
 
+    def drop_connection(self):
+        """Release what the device kept for this connection (runs at every teardown,
+        before the rings are unmapped; idempotent)."""
+
     # --- connection ------------------------------------------------------------------
 
     def _connect(self, values):
         """XenbusBackend's connect: map every ring, bind the event channel (PyvmmError refuses)."""
+        for key in self.FRONTEND_OPTIONAL_KEYS:
+            try:
+                values[key] = self.xenbus.client.read(f"{self.xenbus.peer}/{key}").decode()
+            except XenstoreError:
+                pass                     # not published: the frontend does not offer it
         self.check_frontend(values)
         refs = [(key, layout, frontend_int(values, key)) for key, layout in self.RINGS]
         remote_port = frontend_int(values, EVENT_CHANNEL_KEY)
@@ -172,6 +187,7 @@ class SplitBackend:
 
     def _teardown(self):
         """Unmap the rings and close the event channel (idempotent)."""
+        self.drop_connection()
         if self.port is not None:
             self.backend.evtchn.close(self.port)
             self.port = None

@@ -29,7 +29,7 @@ def pattern(seed, length):
 class Frontend:
     """A guest's blkfront: ring page and data pages granted to dom0, an event channel."""
 
-    def __init__(self, store, dom0_client, dom0, guest, devid=51712):
+    def __init__(self, store, dom0_client, dom0, guest, devid=51712, extra=None):
         self.guest = guest
         self.xs_page = bytearray(4096)
         conn = store.introduce(guest.domid, self.xs_page, notify=lambda: self.client.poll())
@@ -43,9 +43,9 @@ class Frontend:
         self.port = guest.evtchn.alloc_unbound(remote_dom=0)
         self.xenbus = XenbusFrontend(
             self.client, self.fe_path,
-            details=lambda: {"ring-ref": RING_REF, "event-channel": self.port},
+            details=lambda: {"ring-ref": RING_REF, "event-channel": self.port, **(extra or {})},
             backend_keys=["sectors", "sector-size", "info", "feature-flush-cache",
-                          "feature-discard"],
+                          "feature-discard", "feature-persistent"],
             connected=lambda values: None)
 
     def page(self, i):
@@ -81,13 +81,16 @@ class Frontend:
 
 
 class Rig:
-    def __init__(self, image, nr_guests=1):
+    """Domain 0 serving ``nr_guests`` Python frontends from ``image``; ``frontend`` are
+    extra keys each frontend publishes (features), ``backend`` Blkback's keyword options."""
+
+    def __init__(self, image, nr_guests=1, frontend=None, **backend):
         self.table, self.dom0, self.guests = world(nr_guests=nr_guests, ram=RAM)
         self.store = Xenstore()
         self.xs0 = LocalClient(self.store)
         self.image = image
-        self.fronts = [Frontend(self.store, self.xs0, self.dom0, g) for g in self.guests]
-        self.backs = [Blkback(self.dom0, self.xs0, g.domid, 51712, image) for g in self.guests]
+        self.fronts = [Frontend(self.store, self.xs0, self.dom0, g, extra=frontend) for g in self.guests]
+        self.backs = [Blkback(self.dom0, self.xs0, g.domid, 51712, image, **backend) for g in self.guests]
         for back, front in zip(self.backs, self.fronts):
             back.start()
             front.xenbus.start()
@@ -126,7 +129,9 @@ def test_handshake_publishes_the_disk(disk):
     rig = Rig(img)
     vals = rig.fe.xenbus.backend_values
     assert vals == {"sectors": str(SECTORS), "sector-size": "512", "info": "0",
-                    "feature-flush-cache": "1", "feature-discard": "1"}
+                    "feature-flush-cache": "1", "feature-discard": "1", "feature-persistent": "1"}
+    assert rig.xs0.read(f"{rig.be.xenbus.path}/feature-max-indirect-segments") == b"256"
+    assert rig.be.persistent is None          # this frontend did not ask for persistent grants
     assert rig.be.connected and rig.dom0.grant_table.mapping(rig.be.ring_mappings[0].handle)
     assert rig.guests[0].grant_table.pins(RING_REF) == (0, 1)
 
@@ -290,7 +295,8 @@ def _bad_requests(fe, guest, other_guest):
         ("sector far past the end", lambda: fe.queue(blkif.BLKIF_OP_WRITE, 19, 2**64 - 1, [(0, 0, 7)]), ERROR),
         ("unknown op", lambda: fe.queue(200, 20, 0, [(0, 0, 7)]), EOPNOTSUPP),
         ("barrier", lambda: fe.queue(blkif.BLKIF_OP_WRITE_BARRIER, 21, 0, [(0, 0, 7)]), EOPNOTSUPP),
-        ("indirect", lambda: fe.queue(blkif.BLKIF_OP_INDIRECT, 22, 0, [(0, 0, 7)]), EOPNOTSUPP),
+        # read as blkif_request_indirect: indirect_op 1 (WRITE, the nr_segments byte), 0 segments
+        ("indirect", lambda: fe.queue(blkif.BLKIF_OP_INDIRECT, 22, 0, [(0, 0, 7)]), ERROR),
         ("gref granted to another domain", lambda: fe.queue(blkif.BLKIF_OP_WRITE, 23, 0,
                                                             [(("gref", 470), 0, 7)]), ERROR),
         ("gref naming a frame the guest does not own",

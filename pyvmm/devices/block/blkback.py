@@ -2,91 +2,72 @@
 
 Responsibility: the blkif protocol of one (frontend domain, device) pair on a
 ``DiskImage``: what the backend publishes in the handshake (sectors, sector-size,
-info, feature-flush-cache, feature-discard), and serving each request: validating
-it, doing its I/O through grant-mapped segment pages, answering with its status.
-The split-driver mechanics (the ``ring-ref`` mapping, the event channel, the
-request loop with notification suppression, disconnecting a hostile frontend) are
+info, feature-flush-cache, feature-discard, feature-persistent,
+feature-max-indirect-segments), what it takes from the frontend's (feature-persistent),
+and serving each request: validating it, doing its I/O straight between the image and
+the granted pages of guest RAM (``DiskImage.readv``/``writev``: one preadv/pwritev for
+a request whose range is contiguous in the image), answering with its status.
+Decoding a request slot is request.py's; keeping grants mapped is persistent.py's;
+the split-driver mechanics (the ``ring-ref`` mapping, the event channel, the request
+loop with notification suppression, disconnecting a hostile frontend) are
 ``SplitBackend``'s (devices/backend.py).
+
+Features, as Linux's xen-blkback offers them:
+- BLKIF_OP_INDIRECT (``feature-max-indirect-segments`` = 256, Linux's
+  MAX_INDIRECT_SEGMENTS): a READ/WRITE of up to 256 segments (1 MiB) whose segment
+  array is in frontend pages named by ``indirect_grefs``; the response carries the
+  ``indirect_op`` (READ/WRITE), as Linux's blkback answers (its frontend only knows
+  those).
+- ``feature-persistent``: when the frontend also writes it, every grant a request
+  uses (data and indirect pages) is mapped writable once and kept until the
+  connection ends (up to ``MAX_PERSISTENT_GRANTS``; past it, per request); without
+  it each request maps its pages (a WRITE's read-only) and unmaps them before its
+  response.
 
 Invariants:
 - A request is validated completely (operation, nr_segments, every segment's
-  first_sect <= last_sect < sectors per page, every gref mappable by the frontend
-  in the direction the operation needs, the sector range inside the image) before
-  the image is touched; a bad request gets BLKIF_RSP_ERROR (BLKIF_RSP_EOPNOTSUPP
-  for an operation this backend does not serve) and changes nothing.
-- Every segment mapping made for a request is unmapped before its response is
-  written; between requests the backend holds only the ring page mapping.
+  first_sect <= last_sect < sectors per page, the indirect pages and every gref
+  mappable by the frontend in the direction the operation needs, the sector range
+  inside the image) before the image is touched; a bad request gets BLKIF_RSP_ERROR
+  (BLKIF_RSP_EOPNOTSUPP for an operation this backend does not serve) and changes
+  nothing, neither the image nor the set of persistent grants.
+- Indirect pages are copied before their segments are read (the frontend cannot
+  change a request after it was checked).
+- Without persistent grants, every mapping made for a request is unmapped before its
+  response is written; with them, the kept mappings are unmapped at teardown (the
+  frontend closes or is disconnected), and a grant that cannot be mapped leaves the
+  kept set as it was (a refused request's good grants, an indirect page, may stay).
 - A frontend that breaks the ring protocol (a producer index further ahead than
   the ring holds) is disconnected as SplitBackend says; nothing of that batch
   reaches the image.
 - A read-only image (``info`` has VDISK_READONLY) refuses WRITE and DISCARD.
 
-Deviations: indirect requests (BLKIF_OP_INDIRECT), barriers (BLKIF_OP_WRITE_BARRIER)
-and secure discard are not offered (not advertised; answered with EOPNOTSUPP);
-one ring page (no multi-page rings, ``ring-page-order``); requests are served
-synchronously inside the notification, so "in flight" means queued on the ring.
+Deviations: barriers (BLKIF_OP_WRITE_BARRIER) and secure discard are not offered
+(not advertised; answered with EOPNOTSUPP); one ring page (no multi-page rings,
+``ring-page-order``); kept persistent grants are not evicted (no LRU: past the limit
+a grant is mapped per request); requests are served synchronously inside the
+notification, so "in flight" means queued on the ring.
 """
-
-import struct
 
 from pyvmm.devices import blkif
 from pyvmm.devices.backend import SplitBackend
+from pyvmm.devices.block.persistent import PersistentGrants
+from pyvmm.devices.block.request import (BLKIF_REQUEST_VIEWS, SECTOR_SIZE, SECTORS_PER_PAGE, SEGMENT_SIZE,
+                                         BadRequest, indirect_frames, parse_segments)
 from pyvmm.devices.ring import RingLayout
 from pyvmm.errors import PyvmmError
 from pyvmm.pv import abi
-from pyvmm.pv.cstruct import Union
 
-__all__ = ["Blkback", "SECTOR_SIZE", "SECTORS_PER_PAGE", "BLKIF_REQUEST_VIEWS"]
+__all__ = ["Blkback", "SECTOR_SIZE", "SECTORS_PER_PAGE", "BLKIF_REQUEST_VIEWS", "BadRequest"]
 
-SECTOR_SIZE = 512                                   # blkif.h: sector numbers are 512-byte units
-SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR_SIZE     # so last_sect <= 7 for 4 KiB pages
-
-# blkif_request_t read with one precompiled struct (the generic cstruct walk cost more
-# than the I/O of a request); the asserts tie every offset to blkif.py's layouts, and
-# tests/devices/block/test_blkback_decode.py compares both readings on random bytes.
-_RW = struct.Struct("<BBH4xQQ" + "IBB2x" * blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST)
-_DISCARD_TAIL = struct.Struct("<Q")          # blkif_request_discard_t.nr_sectors
-_REQ, _SEG = blkif.BLKIF_REQUEST, blkif.BLKIF_SEGMENT
-assert _RW.size == _REQ.size and _SEG.size == 8
-assert [_REQ.offsetof(n) for n in ("operation", "nr_segments", "handle", "id", "sector_number", "seg")] \
-    == [0, 1, 2, 8, 16, 24]
-assert [_SEG.offsetof(n) for n in ("gref", "first_sect", "last_sect")] == [0, 4, 5]
-assert [blkif.BLKIF_REQUEST_DISCARD.offsetof(n) for n in ("flag", "nr_sectors")] == [1, 24]
-
-
-class _RequestViews(Union):
-    """The ring entry a request slot holds, read as each request kind blkif.h overlays
-    there (blkif_request_t and blkif_request_discard_t share operation/handle/id/
-    sector_number); one copy of the slot gives both readings of the same bytes.
-    ``rw["seg"]`` holds the first min(nr_segments, 11) segments (the ones that count)."""
-
-    def unpack_from(self, buf, offset=0):
-        v = _RW.unpack_from(buf, offset)
-        nseg = min(v[1], blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST)
-        rw = {"operation": v[0], "nr_segments": v[1], "handle": v[2], "id": v[3], "sector_number": v[4],
-              "seg": [{"gref": v[5 + 3 * i], "first_sect": v[6 + 3 * i], "last_sect": v[7 + 3 * i]}
-                      for i in range(nseg)]}
-        discard = {"operation": v[0], "flag": v[1], "handle": v[2], "id": v[3], "sector_number": v[4],
-                   "nr_sectors": _DISCARD_TAIL.unpack_from(buf, offset + 24)[0]}
-        return {"rw": rw, "discard": discard}
-
-
-BLKIF_REQUEST_VIEWS = _RequestViews("blkif_request_views", [
-    ("rw", blkif.BLKIF_REQUEST), ("discard", blkif.BLKIF_REQUEST_DISCARD)])
 _RING = RingLayout("blkif", BLKIF_REQUEST_VIEWS, blkif.BLKIF_RESPONSE)
-assert BLKIF_REQUEST_VIEWS.size == blkif.BLKIF_REQUEST.size
 assert _RING.entry.size == blkif.BLKIF_RING.entry.size and _RING.ring_offset == blkif.BLKIF_RING.ring_offset
 
-_SERVED = {blkif.BLKIF_OP_READ, blkif.BLKIF_OP_WRITE, blkif.BLKIF_OP_FLUSH_DISKCACHE,
-           blkif.BLKIF_OP_DISCARD}
-
-
-class BadRequest(PyvmmError):
-    """One blkif request that cannot be served; ``status`` is the BLKIF_RSP_* to answer."""
-
-    def __init__(self, status, what):
-        self.status = status
-        super().__init__(what)
+_READ, _WRITE = blkif.BLKIF_OP_READ, blkif.BLKIF_OP_WRITE
+_OKAY, _ERROR = blkif.BLKIF_RSP_OKAY, blkif.BLKIF_RSP_ERROR
+_READ_ONLY_MAP = abi.GNTMAP_host_map | abi.GNTMAP_readonly
+FEATURE_PERSISTENT = "feature-persistent"
+FEATURE_MAX_INDIRECT = "feature-max-indirect-segments"
 
 
 class Blkback(SplitBackend):
@@ -94,24 +75,42 @@ class Blkback(SplitBackend):
 
     ``backend`` is the Python-side domain (domain 0) that maps grants and owns the
     event channel; ``client`` its xenstore client; ``image`` an open DiskImage.
-    ``start()`` begins the handshake (the toolstack created the directories).
-    ``error`` records why the frontend was disconnected; ``served`` counts responses
-    by status.
+    ``max_indirect_segments`` (0: no BLKIF_OP_INDIRECT) and ``persistent`` (offer
+    feature-persistent) default to the class's values. ``start()`` begins the
+    handshake (the toolstack created the directories). ``error`` records why the
+    frontend was disconnected; ``served`` counts responses by status; ``persistent``
+    is the PersistentGrants of the connection while the frontend negotiated them.
     """
 
     DEVTYPE = "vbd"
     RINGS = (("ring-ref", _RING),)
     REQUEST_RING = "ring-ref"
+    FRONTEND_OPTIONAL_KEYS = (FEATURE_PERSISTENT,)
+    MAX_INDIRECT_SEGMENTS = 256          # Linux xen-blkback's MAX_INDIRECT_SEGMENTS (1 MiB)
+    PERSISTENT_GRANTS = True
+    # blkif.h, feature-persistent: "ideally ... RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST"
+    MAX_PERSISTENT_GRANTS = 32 * blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST
 
-    def __init__(self, backend, client, frontend_domid, devid, image):
+    def __init__(self, backend, client, frontend_domid, devid, image, max_indirect_segments=None,
+                 persistent=None):
         self.image = image
         self.readonly = bool(image.readonly)
         self.sectors = image.size // SECTOR_SIZE
         self.served = {blkif.BLKIF_RSP_OKAY: 0, blkif.BLKIF_RSP_ERROR: 0, blkif.BLKIF_RSP_EOPNOTSUPP: 0}
+        self.max_indirect = self.MAX_INDIRECT_SEGMENTS if max_indirect_segments is None \
+            else max_indirect_segments
+        limit = blkif.BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * blkif.BLKIF_SEGS_PER_INDIRECT_FRAME
+        if not 0 <= self.max_indirect <= limit:
+            raise PyvmmError(f"max_indirect_segments {self.max_indirect} is not in 0..{limit}")
+        self.offer_persistent = self.PERSISTENT_GRANTS if persistent is None else persistent
+        self.persistent = None
         details = {"sectors": self.sectors, "sector-size": SECTOR_SIZE,
                    "info": blkif.VDISK_READONLY if self.readonly else 0,
                    "feature-flush-cache": 1, "feature-discard": 0 if self.readonly else 1,
-                   "discard-granularity": SECTOR_SIZE, "discard-alignment": 0}
+                   "discard-granularity": SECTOR_SIZE, "discard-alignment": 0,
+                   FEATURE_PERSISTENT: int(bool(self.offer_persistent))}
+        if self.max_indirect:            # blkif.h: without BLKIF_OP_INDIRECT, no such node
+            details[FEATURE_MAX_INDIRECT] = self.max_indirect
         super().__init__(backend, client, frontend_domid, devid, details)
 
     @property
@@ -119,81 +118,112 @@ class Blkback(SplitBackend):
         """The blkif BackRing while connected, else None."""
         return self.rings.get("ring-ref")
 
+    # --- the connection's features -----------------------------------------------------
+
+    def check_frontend(self, values):
+        """Use persistent grants if both ends offer them (the frontend's value is 0/1)."""
+        self.persistent = None
+        if self.offer_persistent and values.get(FEATURE_PERSISTENT, "0").strip() == "1":
+            self.persistent = PersistentGrants(self.backend.grant_table, self.frontend_domid,
+                                               self.MAX_PERSISTENT_GRANTS)
+
+    def drop_connection(self):
+        """Unmap the persistent grants (the connection ends)."""
+        if self.persistent is not None:
+            self.persistent.release()
+            self.persistent = None
+
     # --- the requests ----------------------------------------------------------------
 
     def serve(self, requests):
         """Do each request in ring order and write its response."""
         ring = self.ring
-        for entry in requests:
-            req = entry["rw"]
-            status = self._serve(entry)
-            self.served[status] += 1
-            ring.put_response(id=req["id"], operation=req["operation"], status=status)
+        served = self.served
+        for req in requests:
+            operation, status = self._serve(req)
+            served[status] += 1
+            ring.put_response(id=req.id, operation=operation, status=status)
 
-    def _serve(self, entry):
-        """Do one request; returns its BLKIF_RSP_* status."""
-        op = entry["rw"]["operation"]
+    def _serve(self, req):
+        """Do one request; returns (the operation to answer with, its BLKIF_RSP_* status)."""
+        op = req.operation
         try:
-            if op not in _SERVED:
-                raise BadRequest(blkif.BLKIF_RSP_EOPNOTSUPP, f"operation {op} is not served")
-            if op == blkif.BLKIF_OP_FLUSH_DISKCACHE:
+            if op == _READ or op == _WRITE:
+                self._read_write(op == _WRITE, req.sector_number, req.inline_segments())
+            elif op == blkif.BLKIF_OP_INDIRECT and self.max_indirect:
+                ind = req.indirect()
+                op = ind["indirect_op"]       # answered as Linux's blkback does
+                if op != _READ and op != _WRITE:
+                    raise BadRequest(_ERROR, f"indirect operation {op} is neither READ nor WRITE")
+                self._read_write(op == _WRITE, ind["sector_number"], self._indirect_segments(ind))
+            elif op == blkif.BLKIF_OP_FLUSH_DISKCACHE:
                 self.image.flush()
             elif op == blkif.BLKIF_OP_DISCARD:
-                self._discard(entry["discard"])
+                self._discard(req.discard())
             else:
-                self._read_write(entry["rw"])
+                raise BadRequest(blkif.BLKIF_RSP_EOPNOTSUPP, f"operation {op} is not served")
         except BadRequest as err:
-            return err.status
+            return op, err.status
         except (PyvmmError, OSError):
-            return blkif.BLKIF_RSP_ERROR
-        return blkif.BLKIF_RSP_OKAY
+            return op, _ERROR
+        return op, _OKAY
 
     def _check_range(self, what, sector, nr_sectors):
         if sector + nr_sectors > self.sectors:
-            raise BadRequest(blkif.BLKIF_RSP_ERROR,
-                             f"{what} of sectors {sector}..{sector + nr_sectors - 1} is past the "
-                             f"end of the disk ({self.sectors} sectors)")
+            raise BadRequest(_ERROR, f"{what} of sectors {sector}..{sector + nr_sectors - 1} is past "
+                                     f"the end of the disk ({self.sectors} sectors)")
 
     def _discard(self, req):
         if self.readonly:
-            raise BadRequest(blkif.BLKIF_RSP_ERROR, "discard on a read-only disk")
+            raise BadRequest(_ERROR, "discard on a read-only disk")
         if req["flag"] & blkif.BLKIF_DISCARD_SECURE:
             raise BadRequest(blkif.BLKIF_RSP_EOPNOTSUPP, "secure discard is not offered")
         self._check_range("discard", req["sector_number"], req["nr_sectors"])
         self.image.discard(req["sector_number"] * SECTOR_SIZE, req["nr_sectors"] * SECTOR_SIZE)
 
-    def _segments(self, req):
-        """The request's segments as (gref, byte offset in page, bytes), checked."""
-        count = req["nr_segments"]
-        if not 1 <= count <= blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST:
-            raise BadRequest(blkif.BLKIF_RSP_ERROR, f"nr_segments {count} is not in "
-                                                    f"1..{blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST}")
-        out = []
-        for seg in req["seg"][:count]:
-            first, last = seg["first_sect"], seg["last_sect"]
-            if not first <= last < SECTORS_PER_PAGE:
-                raise BadRequest(blkif.BLKIF_RSP_ERROR, f"segment sectors {first}..{last} are not "
-                                                        f"within one page")
-            out.append((seg["gref"], first * SECTOR_SIZE, (last - first + 1) * SECTOR_SIZE))
-        return out
+    def _indirect_segments(self, ind):
+        """The segment array of an indirect request, copied out of its indirect pages."""
+        count = ind["nr_segments"]
+        if not 1 <= count <= self.max_indirect:
+            raise BadRequest(_ERROR, f"indirect nr_segments {count} is not in 1..{self.max_indirect}")
+        grefs = ind["indirect_grefs"][:indirect_frames(count)]
+        nbytes = count * SEGMENT_SIZE
+        per_page = blkif.BLKIF_SEGS_PER_INDIRECT_FRAME * SEGMENT_SIZE
+        pages, release = self._map(grefs, writable=False)
+        try:
+            raw = b"".join(bytes(page[:min(per_page, nbytes - i * per_page)])
+                           for i, page in enumerate(pages))
+        finally:
+            release()
+        return parse_segments(raw, count)
 
-    def _read_write(self, req):
-        writing = req["operation"] == blkif.BLKIF_OP_WRITE
+    def _map(self, grefs, writable):
+        """(the mapped page of each gref, the function that ends mappings made for this
+        request only); GrantError if any is not mappable, with nothing left mapped."""
+        if self.persistent is not None:
+            pages, transient = self.persistent.pages(grefs)
+            return pages, (transient.release if transient is not None else _nothing)
+        mapped = self.frontend_pages(grefs, writable)
+        return mapped.pages, mapped.release
+
+    def _read_write(self, writing, sector, segs):
+        """A READ or WRITE of the validated ``segs`` at ``sector``."""
         if writing and self.readonly:
-            raise BadRequest(blkif.BLKIF_RSP_ERROR, "write on a read-only disk")
-        segments = self._segments(req)
-        total = sum(length for _, _, length in segments)
-        self._check_range("write" if writing else "read", req["sector_number"], total // SECTOR_SIZE)
-        offset = req["sector_number"] * SECTOR_SIZE
-        # A WRITE only reads the frontend's pages: map them read-only, as Linux's blkback does.
-        with self.frontend_pages([gref for gref, _, _ in segments], writable=not writing) as pages:
+            raise BadRequest(_ERROR, "write on a read-only disk")
+        self._check_range("write" if writing else "read", sector, segs.nbytes // SECTOR_SIZE)
+        # Without persistent grants a WRITE only reads the frontend's pages: mapped
+        # read-only, as Linux's blkback does.
+        pages, release = self._map(segs.grefs, writable=not writing)
+        try:
+            if segs.spans is not None:
+                pages = [page[start:end] for page, (start, end) in zip(pages, segs.spans)]
             if writing:
-                data = b"".join(bytes(page[start:start + length])
-                                for page, (_, start, length) in zip(pages, segments))
-                self.image.write(offset, data)
+                self.image.writev(sector * SECTOR_SIZE, pages)
             else:
-                data = memoryview(self.image.read(offset, total))
-                pos = 0
-                for page, (_, start, length) in zip(pages, segments):
-                    page[start:start + length] = data[pos:pos + length]
-                    pos += length
+                self.image.readv(sector * SECTOR_SIZE, pages)
+        finally:
+            release()
+
+
+def _nothing():
+    pass

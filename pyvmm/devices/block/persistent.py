@@ -1,0 +1,94 @@
+"""Persistent grants: the frontend's pages blkback keeps mapped while connected.
+
+Responsibility: blkif.h's ``feature-persistent`` on the backend side. Once both ends
+offer it, the frontend reuses the same grants for every request and lets the backend
+map them writable even for a WRITE (blkif.h note 8), so the backend maps each grant
+the first time it appears and keeps the mapping until the connection ends, instead
+of a map and an unmap per segment per request.
+
+- ``pages(grefs)`` gives the mapped page of every gref of a request, in order:
+  those already kept come from a dict; the others are mapped now (GNTMAP_host_map,
+  writable) and kept, up to ``limit`` kept grants; past the limit a grant is mapped
+  for that request only (blkif.h: "fall back to non-persistent mode") and the caller
+  releases it with the returned ``Transient``.
+- ``release()`` unmaps every kept grant (the connection is torn down).
+
+Invariants: all or nothing: if any gref of a request cannot be mapped (GrantError),
+the grants this call mapped are unmapped again, the kept set is as it was, and the
+error propagates. At most ``limit`` grants are kept (blkif.h: "ideally
+RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST"); nothing is kept after ``release``.
+"""
+
+from pyvmm.pv import abi
+
+__all__ = ["PersistentGrants", "Transient"]
+
+
+class Transient:
+    """Grant mappings made for one request only, unmapped by ``release()``."""
+
+    __slots__ = ("table", "mappings")
+
+    def __init__(self, table, mappings):
+        self.table = table
+        self.mappings = mappings
+
+    def release(self):
+        while self.mappings:
+            self.table.unmap_grant_ref(self.mappings.pop().handle)
+
+
+class PersistentGrants:
+    """The grants of domain ``frontend_domid`` kept mapped in ``table`` (domain 0's)."""
+
+    def __init__(self, table, frontend_domid, limit):
+        self.table = table
+        self.frontend_domid = frontend_domid
+        self.limit = limit
+        self._pages = {}          # gref -> writable view of the granted page
+        self._mappings = {}       # gref -> its GrantMapping
+
+    def __len__(self):
+        return len(self._pages)
+
+    def __contains__(self, gref):
+        return gref in self._pages
+
+    def pages(self, grefs):
+        """(the page of each gref in order, a Transient to release after the I/O or None).
+        GrantError, with nothing kept or mapped, if a gref cannot be mapped writable."""
+        try:
+            return list(map(self._pages.__getitem__, grefs)), None
+        except KeyError:
+            return self._map_missing(grefs)
+
+    def _map_missing(self, grefs):
+        table, domid, kept = self.table, self.frontend_domid, self._pages
+        new, once = [], {}
+        try:
+            for gref in grefs:
+                if gref in kept or gref in once:
+                    continue
+                mapping = table.map_grant_ref(abi.GNTMAP_host_map, gref, domid)
+                if len(kept) < self.limit:
+                    kept[gref] = mapping.page
+                    self._mappings[gref] = mapping
+                    new.append(gref)
+                else:
+                    once[gref] = mapping
+        except BaseException:
+            for gref in new:
+                del kept[gref]
+                table.unmap_grant_ref(self._mappings.pop(gref).handle)
+            Transient(table, list(once.values())).release()
+            raise
+        pages = [kept[g] if g in kept else once[g].page for g in grefs]
+        return pages, (Transient(table, list(once.values())) if once else None)
+
+    def release(self):
+        """Unmap every kept grant (idempotent)."""
+        self._pages.clear()
+        while self._mappings:
+            _, mapping = self._mappings.popitem()
+            if mapping.mapped:      # not dropped already (the frontend's domain was destroyed)
+                self.table.unmap_grant_ref(mapping.handle)
