@@ -126,3 +126,12 @@ def test_contiguous_ranges_go_in_place_without_a_bytes_copy(image, monkeypatch):
     image.writev(0, split(bytearray(data[::-1]), [4096]))
     monkeypatch.undo()
     assert image.read(0, 1 << 20) == data[::-1]
+
+
+def test_a_given_length_is_the_one_checked(image):
+    bufs = split(bytearray(8192), [4096])
+    with pytest.raises(DiskImageError, match="outside the disk"):
+        image.readv(SIZE - 4096, bufs, length=8192)
+    image.writev(4096, split(bytearray(b"\x5a" * 8192), [4096]), length=8192)
+    image.readv(4096, bufs, length=8192)
+    assert b"".join(bytes(b) for b in bufs) == b"\x5a" * 8192
