@@ -3,21 +3,33 @@
  * Freestanding C on Xen's public headers (io/blkif.h, io/ring.h, io/xenbus.h) and
  * pvlib.c. It takes the first disk under device/vbd and
  *   - does the frontend side of the xenbus handshake: waits for the backend's InitWait,
- *     grants a ring page and DATA_PAGES data pages to the backend, allocates an event
- *     channel, publishes ring-ref, event-channel and protocol, goes Initialised, waits
- *     for Connected, reads sectors, sector-size, info and the features, goes Connected;
+ *     grants a ring page, DATA_PAGES data pages and one indirect page per ring slot to
+ *     the backend (writable: persistent grants may be mapped so, blkif.h note 8),
+ *     allocates an event channel, publishes ring-ref, event-channel, protocol and
+ *     feature-persistent (unless persistent=0), goes Initialised, waits for Connected,
+ *     reads sectors, sector-size, info and the features (flush, discard, persistent,
+ *     max-indirect-segments), goes Connected;
+ *   - negotiates as Linux's blkfront does: a request has up to `maxseg` segments
+ *     (default 32, Linux's xen_blkif_max_segments), capped by the backend's
+ *     feature-max-indirect-segments and DATA_PAGES; one of more than 11 segments is a
+ *     BLKIF_OP_INDIRECT request whose segment array is in the indirect page of its
+ *     slot. A backend without the feature gets only 11-segment requests. The data
+ *     pages are granted once and reused by every request, so with feature-persistent
+ *     the backend maps each of them once;
  *   - mode=test (the default): writes a pattern over sectors [start, start+sectors)
- *     in requests of 1..11 segments (whole and partial pages), `depth` requests in
- *     flight, flushes (BLKIF_OP_FLUSH_DISKCACHE), reads the range back with another
- *     segmentation and checks every sector, discards the last DISCARD_SECTORS sectors
+ *     in requests of 1..maxseg segments (whole and partial pages), `depth` requests in
+ *     flight, flushes (BLKIF_OP_FLUSH_DISKCACHE), reads the range back in maxseg-page
+ *     requests and checks every sector, discards the last DISCARD_SECTORS sectors
  *     if the backend offers feature-discard and checks they read as zeros, reads past
  *     the end of the disk (expects BLKIF_RSP_ERROR); on a read-only disk (info has
  *     VDISK_READONLY) it expects its write to fail instead and only reads;
  *   - mode=bench: times (vcpu_time_info) sequential 1 MiB writes and reads over
- *     `mib` MiB from `start`, then `ops` random 4 KiB writes and reads inside that
- *     region, `depth` requests in flight, and prints one line per phase;
+ *     `mib` MiB from `start` (each MiB in maxseg-page requests, all in flight at once),
+ *     then `ops` random 4 KiB writes and reads inside that region, `depth` requests in
+ *     flight, and prints one line per phase;
  *   - closes the device (Closing, then Closed, as the backend follows) and powers off.
- * The command line sets mode=, start=, sectors=, seed=, depth=, mib=, ops= (decimal).
+ * The command line sets mode=, start=, sectors=, seed=, depth=, mib=, ops=, maxseg=,
+ * persistent= (decimal).
  *
  * Sector s of the pattern holds 64 little-endian words, word i = seed << 48 ^ s << 6 ^ i
  * (pyvmm/devices/block/pattern.py computes the same bytes for the host's checks).
@@ -35,13 +47,20 @@
 #define RING_REF 8                          /* the first ref after GNTTAB_NR_RESERVED_ENTRIES */
 #define DATA_REF (RING_REF + 1)
 #define DATA_PAGES 256                      /* 1 MiB: one sequential bench I/O */
+#define RING_SLOTS __CONST_RING_SIZE(blkif, PAGE_SIZE)      /* 32 */
+#define INDIRECT_REF (DATA_REF + DATA_PAGES)               /* one indirect page per slot */
 #define MAX_SEGS BLKIF_MAX_SEGMENTS_PER_REQUEST
+#define DEFAULT_MAXSEG 32                   /* Linux blkfront's xen_blkif_max_segments */
 #define DISCARD_SECTORS 16
 #define STATUS_SLOTS 256                    /* responses remembered by id (more than the ring) */
 #define RSP_NONE 0x7fff
 
 static uint8_t ring_page[PAGE_SIZE] __attribute__((aligned(4096)));
 static uint8_t data[DATA_PAGES][PAGE_SIZE] __attribute__((aligned(4096)));
+/* Segment arrays of indirect requests: the page of request id i is i % RING_SLOTS; the
+ * ids in flight are consecutive and at most RING_SLOTS (the ring is drained when full). */
+static struct blkif_request_segment indirect[RING_SLOTS][PAGE_SIZE / sizeof(struct blkif_request_segment)]
+    __attribute__((aligned(4096)));
 static blkif_front_ring_t ring;
 static evtchn_port_t port;
 static uint16_t handle;
@@ -50,13 +69,14 @@ static unsigned inflight;
 static uint64_t next_id;
 
 static struct {
-    unsigned long sectors, sector_size, info, flush, discard;
+    unsigned long sectors, sector_size, info, flush, discard, persistent, max_indirect;
+    unsigned segs;                          /* segments a request may have (negotiated) */
 } disk;
 
 static struct {
     char mode[16];
-    unsigned long start, sectors, seed, depth, mib, ops;
-} opt = { "test", 64, 1000, 1, 8, 16, 512 };
+    unsigned long start, sectors, seed, depth, mib, ops, maxseg, persistent;
+} opt = { "test", 64, 1000, 1, 8, 16, 512, DEFAULT_MAXSEG, 1 };
 
 /* ---- the command line: key=value words ---- */
 static int word_is(const char *w, const char *key, const char **value)
@@ -102,6 +122,8 @@ static void parse_cmdline(const char *line)
         else if (word_is(w, "depth", &v)) opt.depth = parse_ulong(v);
         else if (word_is(w, "mib", &v)) opt.mib = parse_ulong(v);
         else if (word_is(w, "ops", &v)) opt.ops = parse_ulong(v);
+        else if (word_is(w, "maxseg", &v)) opt.maxseg = parse_ulong(v);
+        else if (word_is(w, "persistent", &v)) opt.persistent = parse_ulong(v);
     }
     if (opt.depth < 1)
         opt.depth = 1;
@@ -118,11 +140,13 @@ static void push(void)
     RING_PUSH_AND_NOTIFY(&ring, port);
 }
 
-/* Push what is queued and take responses until none is in flight; -1 on a timeout. */
+/* Push what is queued and take responses until none is in flight; -1 on a timeout.
+ * The clock is read only once there is something to wait for: a backend that answered
+ * inside the notification costs no RDTSC exit. */
 static int complete_all(void)
 {
     push();
-    uint64_t deadline = now_ns() + DOM0_WAIT_NS;
+    uint64_t deadline = 0;
     for (;;) {
         RING_IDX prod = ring.sring->rsp_prod;
         rmb();                                  /* responses after the index that shows them */
@@ -139,6 +163,8 @@ static int complete_all(void)
         if (more)
             continue;
         uint64_t seen = port_events[port];
+        if (!deadline)
+            deadline = now_ns() + DOM0_WAIT_NS;
         if (!wait_port(port, seen, deadline) && ring.sring->rsp_prod == ring.rsp_cons) {
             line("blkfront: no response from the backend; in flight: ", inflight, "");
             return -1;
@@ -162,22 +188,77 @@ static blkif_request_t *new_request(uint8_t op, uint64_t sector)
     return req;
 }
 
-static void add_segment(blkif_request_t *req, unsigned page, unsigned first, unsigned last)
+/* A READ or WRITE being built: segments go into the slot, or for an indirect request
+ * into the indirect page of its id; the count is written by each add. */
+static struct {
+    blkif_request_t *req;
+    struct blkif_request_segment *segs;
+    int indirect;
+    unsigned n;
+} cur;
+
+/* Start a READ/WRITE that will have up to `nseg` segments (<= disk.segs): indirect if
+ * it needs more than fit in the slot. */
+static blkif_request_t *new_rw(uint8_t op, uint64_t sector, unsigned nseg)
 {
-    struct blkif_request_segment *seg = &req->seg[req->nr_segments++];
-    seg->gref = DATA_REF + page;
-    seg->first_sect = first;
-    seg->last_sect = last;
+    blkif_request_t *req = new_request(nseg > MAX_SEGS ? BLKIF_OP_INDIRECT : op, sector);
+    cur.req = req;
+    cur.n = 0;
+    cur.indirect = nseg > MAX_SEGS;
+    if (cur.indirect) {
+        blkif_request_indirect_t *ind = (blkif_request_indirect_t *)req;
+        unsigned slot = req->id % RING_SLOTS;
+        ind->indirect_op = op;
+        ind->nr_segments = 0;
+        ind->handle = handle;
+        ind->indirect_grefs[0] = INDIRECT_REF + slot;   /* <= 512 segments: one page */
+        cur.segs = indirect[slot];
+    } else {
+        cur.segs = req->seg;
+    }
+    return req;
+}
+
+static void set_count(unsigned n)
+{
+    cur.n = n;
+    if (cur.indirect)
+        ((blkif_request_indirect_t *)cur.req)->nr_segments = n;
+    else
+        cur.req->nr_segments = n;
+}
+
+/* One blkif_request_segment as a single 8-byte store (gref, first_sect, last_sect, pad). */
+static inline void put_segment(struct blkif_request_segment *seg, unsigned page, unsigned first,
+                               unsigned last)
+{
+    uint64_t v = (uint64_t)(DATA_REF + page) | (uint64_t)first << 32 | (uint64_t)last << 40;
+    __builtin_memcpy(seg, &v, sizeof(v));
+}
+
+static void add_segment(unsigned page, unsigned first, unsigned last)
+{
+    put_segment(&cur.segs[cur.n], page, first, last);
+    set_count(cur.n + 1);
+}
+
+/* `count` whole-page segments for data pages page .. page+count-1. */
+static void add_pages(unsigned page, unsigned count)
+{
+    struct blkif_request_segment *seg = &cur.segs[cur.n];
+    for (unsigned i = 0; i < count; i++)
+        put_segment(&seg[i], page + i, 0, SECTORS_PER_PAGE - 1);
+    set_count(cur.n + count);
 }
 
 /* One request and its status (BLKIF_RSP_*, or RSP_NONE if it never came back). */
 static int16_t one_request(uint8_t op, uint64_t sector, unsigned page, unsigned first, unsigned last,
                            int with_segment)
 {
-    blkif_request_t *req = new_request(op, sector);
+    blkif_request_t *req = with_segment ? new_rw(op, sector, 1) : new_request(op, sector);
     uint64_t id = req->id;
     if (with_segment)
-        add_segment(req, page, first, last);
+        add_segment(page, first, last);
     complete_all();
     return status_of[id % STATUS_SLOTS];
 }
@@ -240,6 +321,8 @@ static int connect(void)
     gnttab_grant(table, RING_REF, 0, (uint64_t)ring_page >> PAGE_SHIFT, 0);
     for (unsigned i = 0; i < DATA_PAGES; i++)
         gnttab_grant(table, DATA_REF + i, 0, (uint64_t)data[i] >> PAGE_SHIFT, 0);
+    for (unsigned i = 0; i < RING_SLOTS; i++)
+        gnttab_grant(table, INDIRECT_REF + i, 0, (uint64_t)indirect[i] >> PAGE_SHIFT, 0);
     struct evtchn_alloc_unbound alloc = { .dom = DOMID_SELF, .remote_dom = 0 };
     check("alloc_unbound_for_backend", evtchn_op(EVTCHNOP_alloc_unbound, &alloc), 0);
     port = alloc.port;
@@ -249,6 +332,8 @@ static int connect(void)
     xs_write_uint_at(fe_dir, "event-channel", port);
     xs_path(path, sizeof(path), fe_dir, "protocol");
     xs_request(XS_WRITE, path, XEN_IO_PROTO_ABI_NATIVE, out, sizeof(out));
+    if (opt.persistent)
+        xs_write_uint_at(fe_dir, "feature-persistent", 1);      /* we reuse our grants */
     check("frontend_initialised", xs_write_uint_at(fe_dir, "state", XenbusStateInitialised) >= 0, 1);
     check("backend_connected", xenbus_wait_state(be_dir, XenbusStateConnected, 0), XenbusStateConnected);
     disk.sectors = xs_read_uint_at(be_dir, "sectors");
@@ -256,6 +341,13 @@ static int connect(void)
     disk.info = xs_read_uint_at(be_dir, "info");
     disk.flush = xs_read_uint_at(be_dir, "feature-flush-cache") == 1;
     disk.discard = xs_read_uint_at(be_dir, "feature-discard") == 1;
+    disk.persistent = opt.persistent && xs_read_uint_at(be_dir, "feature-persistent") == 1;
+    long max_indirect = xs_read_uint_at(be_dir, "feature-max-indirect-segments");   /* -1: absent */
+    disk.max_indirect = max_indirect > 0 ? (unsigned long)max_indirect : 0;
+    unsigned long segs = opt.maxseg < disk.max_indirect ? opt.maxseg : disk.max_indirect;
+    if (segs > DATA_PAGES)
+        segs = DATA_PAGES;
+    disk.segs = segs > MAX_SEGS ? segs : MAX_SEGS;
     check("sector_size_512", disk.sector_size, SECTOR_SIZE);
     check("frontend_connected", xs_write_uint_at(fe_dir, "state", XenbusStateConnected) >= 0, 1);
     puts_("blkfront: ");
@@ -266,7 +358,14 @@ static int connect(void)
     putdec(disk.info);
     puts_(disk.flush ? ", flush" : "");
     puts_(disk.discard ? ", discard" : "");
-    puts_("\n");
+    puts_(disk.persistent ? ", persistent" : "");
+    if (disk.max_indirect) {
+        puts_(", indirect ");
+        putdec(disk.max_indirect);
+    }
+    puts_("; requests of up to ");
+    putdec(disk.segs);
+    puts_(" segments\n");
     cons_flush();
     return disk.sector_size == SECTOR_SIZE ? 0 : -1;
 }
@@ -289,8 +388,8 @@ static void count_failures(uint64_t first_id)
             failed_requests++;
 }
 
-/* Write the pattern over [start, end): request k has 1 + k % 11 segments; some segments
- * hold fewer than 8 sectors, at the start or the end of their page. */
+/* Write the pattern over [start, end): request k has 1 + k % disk.segs segments; some
+ * segments hold fewer than 8 sectors, at the start or the end of their page. */
 static unsigned long write_pattern(uint64_t start, uint64_t end, unsigned long *requests)
 {
     uint64_t sector = start;
@@ -299,9 +398,9 @@ static unsigned long write_pattern(uint64_t start, uint64_t end, unsigned long *
     while (sector < end) {
         unsigned page = 0;
         uint64_t batch_first = next_id;
-        for (unsigned d = 0; d < opt.depth && sector < end && page + MAX_SEGS <= DATA_PAGES; d++, k++) {
-            blkif_request_t *req = new_request(BLKIF_OP_WRITE, sector);
-            unsigned nseg = 1 + k % MAX_SEGS;
+        for (unsigned d = 0; d < opt.depth && sector < end && page + disk.segs <= DATA_PAGES; d++, k++) {
+            unsigned nseg = 1 + k % disk.segs;
+            new_rw(BLKIF_OP_WRITE, sector, nseg);
             for (unsigned j = 0; j < nseg && sector < end; j++) {
                 unsigned count = (k + j) % 4 == 3 ? 1 + (k * 3 + j) % 7 : SECTORS_PER_PAGE;
                 if (count > end - sector)
@@ -309,7 +408,7 @@ static unsigned long write_pattern(uint64_t start, uint64_t end, unsigned long *
                 unsigned first = (k & 1) ? SECTORS_PER_PAGE - count : 0;
                 for (unsigned s = 0; s < count; s++)
                     fill_sector(data[page] + (first + s) * SECTOR_SIZE, sector + s);
-                add_segment(req, page++, first, first + count - 1);
+                add_segment(page++, first, first + count - 1);
                 sector += count;
             }
         }
@@ -321,7 +420,7 @@ static unsigned long write_pattern(uint64_t start, uint64_t end, unsigned long *
     return failed_requests;
 }
 
-/* Read [start, end) in whole-page segments, 11 a request, `depth` in flight; bad_pattern
+/* Read [start, end) in whole-page segments, disk.segs a request, `depth` in flight; `bad`
  * counts sectors that are not the pattern (or not zeros when `zeros`). */
 static unsigned long read_range(uint64_t start, uint64_t end, int zeros, unsigned long *bad,
                                 unsigned long *requests)
@@ -333,12 +432,12 @@ static unsigned long read_range(uint64_t start, uint64_t end, int zeros, unsigne
     while (sector < end) {
         uint64_t batch_first = next_id, batch_start = sector;
         unsigned page = 0;
-        for (unsigned d = 0; d < opt.depth && sector < end && page + MAX_SEGS <= DATA_PAGES; d++) {
-            blkif_request_t *req = new_request(BLKIF_OP_READ, sector);
-            for (unsigned j = 0; j < MAX_SEGS && sector < end; j++) {
+        for (unsigned d = 0; d < opt.depth && sector < end && page + disk.segs <= DATA_PAGES; d++) {
+            new_rw(BLKIF_OP_READ, sector, disk.segs);
+            for (unsigned j = 0; j < disk.segs && sector < end; j++) {
                 unsigned count = end - sector < SECTORS_PER_PAGE ? end - sector : SECTORS_PER_PAGE;
                 memset(data[page], 0xA5, PAGE_SIZE);
-                add_segment(req, page++, 0, count - 1);
+                add_segment(page++, 0, count - 1);
                 sector += count;
             }
             (*requests)++;
@@ -382,7 +481,9 @@ static void run_test(void)
     putdec(start);
     puts_(" in ");
     putdec(requests);
-    puts_(" requests (1..11 segments, up to ");
+    puts_(" requests (1..");
+    putdec(disk.segs);
+    puts_(" segments, up to ");
     putdec(opt.depth);
     puts_(" in flight)\n");
     cons_flush();
@@ -446,20 +547,21 @@ static void report(const char *phase, unsigned long ops, unsigned long bytes, ui
     cons_flush();
 }
 
-/* `mib` sequential 1 MiB I/Os from `start`: 24 requests (23 x 11 pages + 3) each. */
+/* `mib` sequential 1 MiB I/Os from `start`, each in requests of disk.segs pages (one
+ * 256-segment indirect request, or 24 = 23 x 11 + 3 pages without indirect), all of a
+ * MiB in flight at once. */
 static void bench_sequential(const char *phase, uint8_t op)
 {
     failed_requests = 0;
     uint64_t t0 = now_ns();
     for (unsigned long m = 0; m < opt.mib; m++) {
         uint64_t first = next_id, sector = opt.start + m * (DATA_PAGES * SECTORS_PER_PAGE);
-        unsigned page = 0;
-        while (page < DATA_PAGES) {
-            blkif_request_t *req = new_request(op, sector);
-            for (unsigned j = 0; j < MAX_SEGS && page < DATA_PAGES; j++) {
-                add_segment(req, page++, 0, SECTORS_PER_PAGE - 1);
-                sector += SECTORS_PER_PAGE;
-            }
+        for (unsigned page = 0; page < DATA_PAGES;) {
+            unsigned n = DATA_PAGES - page < disk.segs ? DATA_PAGES - page : disk.segs;
+            new_rw(op, sector, n);
+            add_pages(page, n);
+            page += n;
+            sector += n * SECTORS_PER_PAGE;
         }
         complete_all();
         count_failures(first);
@@ -477,8 +579,8 @@ static void bench_random(const char *phase, uint8_t op)
     for (unsigned long done = 0; done < opt.ops;) {
         uint64_t first = next_id;
         for (unsigned d = 0; d < opt.depth && done < opt.ops; d++, done++) {
-            blkif_request_t *req = new_request(op, opt.start + next_random() % pages * SECTORS_PER_PAGE);
-            add_segment(req, d % DATA_PAGES, 0, SECTORS_PER_PAGE - 1);
+            new_rw(op, opt.start + next_random() % pages * SECTORS_PER_PAGE, 1);
+            add_segment(d % DATA_PAGES, 0, SECTORS_PER_PAGE - 1);
         }
         complete_all();
         count_failures(first);

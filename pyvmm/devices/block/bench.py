@@ -39,6 +39,7 @@ SEQ_SIZE = 1 << 20
 RAND_SIZE = 4096
 SECTOR = 512
 SEED = 3
+MAXSEG = 256            # segments a guest request may have: 1 MiB in one indirect request
 _LINE = re.compile(r"^bench (\w+) ops=(\d+) bytes=(\d+) ns=(\d+) errors=(\d+)$")
 _QEMU_OPS = re.compile(r"\(([\d.]+) [KMG]?i?B/sec and ([\d.]+) ops/sec\)")
 _MASK = (1 << 64) - 1
@@ -78,11 +79,11 @@ def _requests(phase, start, mib, ops):
     return [(s * SECTOR, RAND_SIZE) for s in random_sectors(SEED, start, mib, ops)]
 
 
-def run_guest(path, fmt, mib, ops, depth=1, start=0):
+def run_guest(path, fmt, mib, ops, depth=1, start=0, maxseg=MAXSEG):
     """Boot blkfront in bench mode on ``path``: {phase: (ops, bytes, ns)}."""
     from pyvmm.machine import Machine, VmConfig
     out = bytearray()
-    cmdline = f"mode=bench start={start} mib={mib} ops={ops} depth={depth} seed={SEED}"
+    cmdline = f"mode=bench start={start} mib={mib} ops={ops} depth={depth} seed={SEED} maxseg={maxseg}"
     machine = Machine(VmConfig(kernel=BLKFRONT, pv=True, console=out.extend, cmdline=cmdline,
                                disks=[f"{path},format={fmt}"]))
     status, reason = machine.run()

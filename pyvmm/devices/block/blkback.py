@@ -186,7 +186,7 @@ class Blkback(SplitBackend):
         count = ind["nr_segments"]
         if not 1 <= count <= self.max_indirect:
             raise BadRequest(_ERROR, f"indirect nr_segments {count} is not in 1..{self.max_indirect}")
-        grefs = ind["indirect_grefs"][:indirect_frames(count)]
+        grefs = tuple(ind["indirect_grefs"][:indirect_frames(count)])
         nbytes = count * SEGMENT_SIZE
         per_page = blkif.BLKIF_SEGS_PER_INDIRECT_FRAME * SEGMENT_SIZE
         pages, release = self._map(grefs, writable=False)
@@ -218,9 +218,9 @@ class Blkback(SplitBackend):
             if segs.spans is not None:
                 pages = [page[start:end] for page, (start, end) in zip(pages, segs.spans)]
             if writing:
-                self.image.writev(sector * SECTOR_SIZE, pages)
+                self.image.writev(sector * SECTOR_SIZE, pages, segs.nbytes)
             else:
-                self.image.readv(sector * SECTOR_SIZE, pages)
+                self.image.readv(sector * SECTOR_SIZE, pages, segs.nbytes)
         finally:
             release()
 

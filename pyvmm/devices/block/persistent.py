@@ -13,6 +13,10 @@ of a map and an unmap per segment per request.
   releases it with the returned ``Transient``.
 - ``release()`` unmaps every kept grant (the connection is torn down).
 
+A frontend that keeps its grants also repeats its requests' shapes (the same grefs
+in the same order: a 1 MiB read of the same buffer), so the page lists of the last
+``SHAPES`` gref sequences whose grants are all kept are remembered whole.
+
 Invariants: all or nothing: if any gref of a request cannot be mapped (GrantError),
 the grants this call mapped are unmapped again, the kept set is as it was, and the
 error propagates. At most ``limit`` grants are kept (blkif.h: "ideally
@@ -21,7 +25,9 @@ RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST"); nothing is kept after ``release``.
 
 from pyvmm.pv import abi
 
-__all__ = ["PersistentGrants", "Transient"]
+__all__ = ["PersistentGrants", "Transient", "SHAPES"]
+
+SHAPES = 64           # gref sequences whose page lists are remembered
 
 
 class Transient:
@@ -47,6 +53,7 @@ class PersistentGrants:
         self.limit = limit
         self._pages = {}          # gref -> writable view of the granted page
         self._mappings = {}       # gref -> its GrantMapping
+        self._shapes = {}         # tuple of grefs, all kept -> their pages (not to be changed)
 
     def __len__(self):
         return len(self._pages)
@@ -55,12 +62,20 @@ class PersistentGrants:
         return gref in self._pages
 
     def pages(self, grefs):
-        """(the page of each gref in order, a Transient to release after the I/O or None).
-        GrantError, with nothing kept or mapped, if a gref cannot be mapped writable."""
+        """(the page of each gref of the tuple ``grefs`` in order, a Transient to release
+        after the I/O or None); the list is shared: do not change it. GrantError, with
+        nothing kept or mapped, if a gref cannot be mapped writable."""
+        pages = self._shapes.get(grefs)
+        if pages is not None:
+            return pages, None
         try:
-            return list(map(self._pages.__getitem__, grefs)), None
+            pages = list(map(self._pages.__getitem__, grefs))
         except KeyError:
             return self._map_missing(grefs)
+        if len(self._shapes) >= SHAPES:
+            self._shapes.clear()
+        self._shapes[grefs] = pages
+        return pages, None
 
     def _map_missing(self, grefs):
         table, domid, kept = self.table, self.frontend_domid, self._pages
@@ -87,6 +102,7 @@ class PersistentGrants:
 
     def release(self):
         """Unmap every kept grant (idempotent)."""
+        self._shapes.clear()
         self._pages.clear()
         while self._mappings:
             _, mapping = self._mappings.popitem()

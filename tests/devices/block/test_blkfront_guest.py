@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from pyvmm.devices.block import Blkback
 from pyvmm.devices.block.pattern import SECTOR_SIZE, pattern
 from pyvmm.devices.block.vbd import DiskSpec, vbd_devid
 from pyvmm.devices.xenbus import XenbusState, read_state
@@ -67,27 +68,76 @@ def guest_write_requests(start, end, depth=8, pages=256, max_segs=11):
     return requests
 
 
+def guest_read_requests(start, end, segs, depth=8, pages=256):
+    """How many READ requests the guest's read_range issues for [start, end)."""
+    sector, count = start, 0
+    while sector < end:
+        page = used = 0
+        while used < depth and sector < end and page + segs <= pages:
+            for _ in range(segs):
+                if sector >= end:
+                    break
+                sector += min(8, end - sector)
+                page += 1
+            count += 1
+            used += 1
+    return count
+
+
+# (name, cmdline extra, Blkback class attributes, connected line tail, segments a request)
+FEATURES = [
+    ("both-ends", "", {}, ", flush, discard, persistent, indirect 256; requests of up to 32 segments", 32),
+    ("frontend-without", " persistent=0 maxseg=11", {},
+     ", flush, discard, indirect 256; requests of up to 11 segments", 11),
+    ("backend-without", "", {"MAX_INDIRECT_SEGMENTS": 0, "PERSISTENT_GRANTS": False},
+     ", flush, discard; requests of up to 11 segments", 11),
+]
+
+
 def boot(disks, cmdline=f"start={START} sectors={COUNT} seed={SEED}"):
     out = bytearray()
     m = Machine(VmConfig(kernel=BLKFRONT, pv=True, console=out.extend, disks=disks, cmdline=cmdline))
     return m, out
 
 
+@pytest.mark.parametrize("features", FEATURES, ids=[f[0] for f in FEATURES])
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_guest_writes_what_qemu_img_reads(tmp_path, fmt):
+def test_guest_writes_what_qemu_img_reads(tmp_path, fmt, features, monkeypatch):
+    """With indirect requests and persistent grants negotiated on both ends, and with
+    either end offering neither (the frontend falls back to 11-segment requests, the
+    backend maps per request): the same bytes in the file."""
+    name, extra, backend_attrs, connected, segs = features
+    for attr, value in backend_attrs.items():
+        monkeypatch.setattr(Blkback, attr, value)
     disk = make_disk(tmp_path, fmt)
-    m, out = boot([f"{disk},format={fmt}"])
+    m, out = boot([f"{disk},format={fmt}"], cmdline=f"start={START} sectors={COUNT} seed={SEED}{extra}")
     backend = m.vbds[0].backend_path
+    dom0 = m.pv.dom0.grant_table
+    maps = []
+    real_map = dom0.map_grant_ref
+    monkeypatch.setattr(dom0, "map_grant_ref", lambda *a, **k: maps.append(a[1]) or real_map(*a, **k))
     assert m.run() == POWEROFF, out.decode()
     lines = out.decode().splitlines()
     assert not [line for line in lines if line.startswith("FAIL")], out.decode()
     assert lines[-1] == "blkfront: 19/19 checks passed"
-    assert f"blkfront: device/vbd/51712 connected: {DISK_SECTORS} sectors, info 0, flush, discard" in lines
-    writes = guest_write_requests(START, START + COUNT)
-    assert max(len(segments) for segments in writes) == 11 and min(c for segments in writes for c in segments) < 8   # partial pages too
-    assert f"blkfront: wrote {COUNT} sectors at {START} in {len(writes)} requests (1..11 segments, " \
+    assert f"blkfront: device/vbd/51712 connected: {DISK_SECTORS} sectors, info 0{connected}" in lines
+    writes = guest_write_requests(START, START + COUNT, max_segs=segs)
+    longest = max(len(segments) for segments in writes)
+    assert (longest > 11 if segs > 11 else longest == 11)       # indirect requests only if negotiated
+    assert min(c for segments in writes for c in segments) < 8  # partial pages too
+    assert f"blkfront: wrote {COUNT} sectors at {START} in {len(writes)} requests (1..{segs} segments, " \
            f"up to 8 in flight)" in lines
-    assert f"blkfront: read back {COUNT} sectors in 18 requests: 0 bad sectors" in lines
+    reads = guest_read_requests(START, START + COUNT, segs)
+    assert f"blkfront: read back {COUNT} sectors in {reads} requests: 0 bad sectors" in lines
+    # the ring, every segment written and read back (the reads past the end are refused
+    # before any page is mapped), and one indirect page per indirect request
+    segments = 1 + sum(len(w) for w in writes) + (COUNT + 7) // 8 + (DISCARDED + 7) // 8
+    if name == "both-ends":          # persistent grants: each page mapped once (ring, data, indirect)
+        assert len(set(maps)) == len(maps) < 1 + 256 + 32
+        assert len(maps) < segments
+    else:                            # a map per segment and the ring
+        assert len(maps) == segments
+    assert dom0.mappings() == []     # and nothing stays mapped after the close
     # the guest closed the device and the backend followed it to Closed
     assert read_state(m.pv.xs, backend) == XenbusState.Closed
     assert m.vbds == []                                 # detached with the VM: image closed
