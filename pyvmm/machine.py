@@ -201,7 +201,7 @@ class Machine:
             name = name or os.path.splitext(os.path.basename(config.kernel))[0]
             self.pv = PvPlatform(self.memory, self.boot, console, name=name, tsc=self.vcpu.guest_tsc,
                                  dom0=dom0, domid=domid)
-            self.vcpu.set_pv(self.pv)
+            self.vcpu.set_pv(self.pv, hypercall_page=self.boot.notes.hypercall_page)
             if config.disks:
                 try:
                     self.vbds = attach_vbds(self.pv, open_disks(config.disks))

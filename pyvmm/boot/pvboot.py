@@ -125,17 +125,28 @@ def read_xen_notes(path, elf, data):
     return notes
 
 
+# Xen's stub for a 64-bit PV kernel (xen/arch/x86/pv/hypercall.c, the ring-3 kernel's
+# hypercall page): push %rcx; push %r11; mov $n, %eax; syscall; pop %r11; pop %rcx; ret.
+HYPERCALL_STUB_HEAD = b"\x51\x41\x53\xb8"      # push %rcx (51), push %r11 (41 53), mov $imm32, %eax (b8)
+HYPERCALL_STUB_TAIL = b"\x0f\x05\x41\x5b\x59\xc3"  # syscall (0f 05), pop %r11 (41 5b), pop %rcx (59), ret (c3)
+HYPERCALL_SYSCALL_OFFSET = len(HYPERCALL_STUB_HEAD) + 4   # where the SYSCALL is in each stub
+
+
 def hypercall_page():
-    """The 4 KiB hypercall page: stub ``i`` at ``32 * i`` is ``mov $i, %eax; vmcall; ret``
-    (b8 imm32, 0f 01 c1, c3), the rest int3 (cc); __HYPERVISOR_iret's stub is ud2 (0f 0b):
-    the layout Xen gives HVM guests on Intel (xen/arch/x86/hvm/vmx)."""
+    """The 4 KiB hypercall page: stub ``n`` at ``32 * n`` is Xen's 64-bit PV stub
+    ``push %rcx; push %r11; mov $n, %eax; syscall; pop %r11; pop %rcx; ret``, the rest
+    of each stub int3 (cc); __HYPERVISOR_iret's stub is ud2 (0f 0b), since pyvmm has
+    no iret hypercall. A SYSCALL inside this page is a hypercall (cpu/vcpu.py):
+    Unicorn reaches root mode through its cheap SYSCALL instruction hook, where VMCALL
+    would cost an intercepted exception (README, "Paravirtual guests")."""
     page = bytearray(b"\xcc" * PAGE_SIZE)
     for nr in range(PAGE_SIZE // HYPERCALL_STUB_SIZE):
         at = nr * HYPERCALL_STUB_SIZE
         if nr == HYPERCALL_IRET:
             page[at:at + 2] = b"\x0f\x0b"
             continue
-        page[at:at + 9] = b"\xb8" + nr.to_bytes(4, "little") + b"\x0f\x01\xc1" + b"\xc3"
+        stub = HYPERCALL_STUB_HEAD + nr.to_bytes(4, "little") + HYPERCALL_STUB_TAIL
+        page[at:at + len(stub)] = stub
     return bytes(page)
 
 

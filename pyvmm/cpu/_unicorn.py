@@ -287,6 +287,13 @@ class Engine:
         self._kicked = False
         self.on_exit = None             # callable(kind, a, b, c) -> int, set by the Vcpu
         self.kicks = 0                  # kick() calls: a run they ended may have made no progress
+        # Set by the vCPU while it handles an exit from an instruction hook, i.e. inside
+        # a translated block. Changing the engine's memory map or dropping translated
+        # code there corrupts the block being run (measured: a grant unmap from a
+        # SYSCALL-hook hypercall left the guest with a #GP), so such changes wait in
+        # _deferred, the engine stops after the hook, and run() makes them first.
+        self.in_block = False
+        self._deferred = []
         _pending_errors[self] = None
 
     # ---- life cycle ----
@@ -311,6 +318,8 @@ class Engine:
         """
         if self._start is None:
             raise EngineError("the guest was never entered (call enter first)")
+        while self._deferred:
+            self._deferred.pop(0)()
         lib.pv_write_frame(self._v)
         start = self._start if self._start == STUB else self.regs.rip
         with self._lock:
@@ -618,15 +627,28 @@ class Engine:
         too, beneath the second-level table's own permissions."""
         if hpa % 0x1000 or hpa < self.memory.size:
             raise EngineError(f"host page {hpa:#x}: not page aligned or inside guest RAM")
-        try:
-            if host_address is None:
-                self.uc.mem_unmap(hpa, 0x1000)
-            else:
-                prot = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
-                self.uc.mem_map_ptr(hpa, 0x1000, prot, host_address)
-        except unicorn.UcError as e:
-            what = "remove" if host_address is None else f"place host memory {host_address:#x} at"
-            raise EngineError(f"cannot {what} host page {hpa:#x}: {e}") from None
+
+        def place():
+            try:
+                if host_address is None:
+                    self.uc.mem_unmap(hpa, 0x1000)
+                else:
+                    prot = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                    self.uc.mem_map_ptr(hpa, 0x1000, prot, host_address)
+            except unicorn.UcError as e:
+                what = "remove" if host_address is None else f"place host memory {host_address:#x} at"
+                raise EngineError(f"cannot {what} host page {hpa:#x}: {e}") from None
+        self._outside_block(place)
+
+    def _outside_block(self, change):
+        """Make ``change`` to the engine now, or, inside a translated block
+        (``in_block``), when the engine has stopped after this exit (run() does it
+        before the guest runs again)."""
+        if self.in_block:
+            self._deferred.append(change)
+            lib.pv_stop(self._v)
+        else:
+            change()
 
     def flush_translations(self):
         """Drop all translated code: needed after root mode writes guest code.

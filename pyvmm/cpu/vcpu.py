@@ -177,6 +177,7 @@ class Vcpu:
         # The PV platform (pv/pv_platform.py) of a `--pv` guest, or None: with it this
         # vCPU is the calling vCPU of pv/hypercall.py's PvVcpu protocol (vCPU 0).
         self.pv = None
+        self._hypercall_page = None     # guest address of a PV guest's hypercall page (set_pv)
         self.vcpu_id = 0
         # A scheduled slice (run_slice, pv/hypervisor.py): its end (host ns) arms the
         # host timer; a kick or SCHEDOP_yield ends it early.
@@ -221,9 +222,12 @@ class Vcpu:
         self.engine.kick()
 
     # ---- the PvVcpu protocol (pv/hypercall.py) for a --pv guest ----
-    def set_pv(self, pv):
-        """Make this vCPU the guest domain's vCPU 0 on PV platform ``pv``."""
+    def set_pv(self, pv, hypercall_page=None):
+        """Make this vCPU the guest domain's vCPU 0 on PV platform ``pv``. A SYSCALL
+        inside ``hypercall_page`` (its guest address, boot/pvboot.py's stubs) is a
+        hypercall, as in a 64-bit Xen PV kernel."""
         self.pv = pv
+        self._hypercall_page = hypercall_page
         pv.guest.on_upcall = self._on_upcall
         # A grant of another domain mapped into this guest's RAM (pv/foreign_map.py).
         from pyvmm.pv.foreign_map import ForeignFrames     # pv imports cpu: not at module load
@@ -287,6 +291,8 @@ class Vcpu:
             return 0
         if self._rewind is not None:    # an I/O fault is being undone (see _io_fault)
             return self._ignored_exit(kind, b)
+        # Instruction hooks run inside a translated block: engine changes wait (Engine.in_block).
+        self.engine.in_block = kind != PV_INTR and kind != PV_INVALID
         try:
             self.engine.invalidate()      # the guest ran since the last look at CRs/EFER
             if self._flush_root_tlb:
@@ -324,6 +330,15 @@ class Vcpu:
             elif kind == PV_RDTSC:
                 ex = Exit(_R.RDTSC, 0, regs.rip, 2, seq=seq)
             elif kind == PV_SYSCALL:
+                page = self._hypercall_page
+                if page is not None and page <= regs.rip < page + PAGE_SIZE:
+                    # A hypercall stub's SYSCALL: a VMCALL exit to the handlers, RIP
+                    # past the SYSCALL when it completes; the engine adds the SYSCALL's
+                    # length after its hook, so that much is taken off first.
+                    self._dispatch(_new_exit(Exit, (_R.VMCALL, 0, regs.rip, SYSCALL_HOOK_RIP_ADVANCE,
+                                                    0, 0, 0, 0, 0, seq)), False)
+                    regs.rip -= SYSCALL_HOOK_RIP_ADVANCE
+                    return 0
                 self._syscall()
                 return 0
             else:
@@ -336,6 +351,8 @@ class Vcpu:
             self.request_stop(3, f"VMM error while handling an exit: {e!r}")
             self.crash_traceback = traceback.format_exc()
             return 0
+        finally:
+            self.engine.in_block = False
 
     def _dispatch(self, ex, in_block):
         """Handle one exit inside an engine hook (the C path accounts its time)."""

@@ -94,7 +94,7 @@ def test_start_info_as_the_guest_sees_it():
             assert st["status"] == abi.EVTCHNSTAT_interdomain and st["u"]["interdomain"]["dom"] == 0
         e = m.boot.entry
         assert (e.rip, e.rsi, e.rsp) == (m.boot.notes.entry, lay.start_info, lay.stack_top)
-        assert m.memory.read(m.boot.notes.hypercall_page + 32 * 17, 9) == bytes.fromhex("b8 11000000 0f01c1 c3")
+        assert m.memory.read(m.boot.notes.hypercall_page + 32 * 17, 14) == bytes.fromhex("51 4153 b8 11000000 0f05 415b 59 c3")
     finally:
         m.close()
 
