@@ -228,14 +228,20 @@ class _MachineSource:
         if not self._paused:
             self._target._stop_vcpu()
             self._paused = True
+        self._machine.drain_backends()      # their RAM writes go into the final round
 
     def resume(self):
+        for vbd in self._machine.vbds:      # the destination did not take the images
+            vbd.reclaim()
         if self._paused and not self._was_paused:
             self._paused = False
             self._target._start_vcpu()
 
     def save_devices(self):
-        return self._machine.save_state()
+        state = self._machine.save_state()
+        for vbd in self._machine.vbds:      # flushed by the save; the destination opens them next
+            vbd.release()
+        return state
 
     def config(self):
         return {**self._machine.snapshot_config(), "ram_size": self._machine.memory.size}

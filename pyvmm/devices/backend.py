@@ -39,11 +39,22 @@ Invariants:
   persistent grants), which ``drop_connection`` releases before the rings go.
 - ``process`` is not re-entered (a notification raised while serving is looked at
   by the final check of the running loop).
+
+Save/restore (docs/migration-stream.md, "Disks"): ``save`` takes the connection as
+plain values (xenbus state, errors, each ring's grant reference and private indices,
+the frontend's event-channel port) after ``process`` served every request already
+on the request ring, so none is in flight; ``restore`` takes it up in a fresh,
+unstarted backend of a restored VM (the frontend's grant table, event channels and
+xenstore directory already restored): it maps the rings again at their indices,
+binds the frontend's port again and resumes xenbus at the saved state, as if the
+backend had never gone. It checks everything before it maps anything, and undoes
+a part-made connection when a mapping or the bind is refused.
 """
 
 from pyvmm.devices.ring import BackRing
 from pyvmm.devices.xenbus import XenbusBackend, XenbusState, backend_path
-from pyvmm.errors import PyvmmError, RingError, XenstoreError
+from pyvmm.errors import MigrationError, MigrationStreamError, PyvmmError, RingError, XenstoreError
+from pyvmm.migrate.state import StateFields
 from pyvmm.pv import abi
 
 __all__ = ["SplitBackend", "FrontendPages", "EVENT_CHANNEL_KEY", "frontend_int"]
@@ -201,6 +212,77 @@ class SplitBackend:
         self._teardown()
         if self.xenbus.state not in (XenbusState.Closing, XenbusState.Closed):
             self.xenbus.switch(XenbusState.Closing, {"error": self.error})
+
+    # --- save / restore ----------------------------------------------------------------
+
+    def save(self):
+        """The connection as plain values, with no request in flight: the requests the
+        frontend already published are served (and answered) first. MigrationError if
+        the request ring cannot be emptied (the frontend broke it meanwhile)."""
+        self.process()
+        rings = {}
+        for (key, _), mapping in zip(self.RINGS, self.ring_mappings):
+            ring = self.rings[key]
+            rings[key] = [mapping.ref, ring.req_cons, ring.rsp_prod_pvt]
+        if self.rings and self.rings[self.REQUEST_RING].unconsumed_requests():
+            raise MigrationError(f"{self.name}: requests are still on the ring after serving it")
+        remote = self.backend.evtchn.channel(self.port).remote[1] if self.port is not None else None
+        return {"state": int(self.xenbus.state), "error": self.error, "connect_error": self.xenbus.error,
+                "rings": rings if self.rings else None, "port": remote}
+
+    def restore(self, state):
+        """Take up the connection ``save`` gave, in this backend built but not started.
+        Refused (MigrationStreamError) before anything changes if a field is bad; a
+        ring that cannot be mapped or a port that is not waiting for this domain
+        undoes what was made and raises MigrationStreamError."""
+        f = StateFields(state, f"{self.name} backend")
+        xstate = XenbusState(f.choice("state", [int(s) for s in XenbusState if s != XenbusState.Unknown]))
+        error = f.raw("error")
+        connect_error = f.raw("connect_error")
+        for name, value in (("error", error), ("connect_error", connect_error)):
+            if value is not None:
+                f.text(name)
+        rings = f.raw("rings")
+        port = None
+        if rings is not None:
+            keys = [key for key, _ in self.RINGS]
+            if not isinstance(rings, dict) or sorted(rings) != sorted(keys):
+                f.fail("rings", f"{rings!r} is not a map of {keys}")
+            for key in keys:
+                value = rings[key]
+                if not (isinstance(value, list) and len(value) == 3
+                        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32
+                                for v in value)):
+                    f.fail("rings", f"{key}: {value!r} is not [grant ref, req_cons, rsp_prod_pvt]")
+            port = f.integer("port", 1, (1 << 32) - 1)
+        elif f.raw("port") is not None:
+            f.fail("port", "a port without rings")
+        f.done()
+        if self.rings or self.port is not None or self.xenbus.state != XenbusState.Initialising:
+            raise MigrationError(f"{self.name}: restore into a backend that has started")
+        if rings is not None:
+            table = self.backend.grant_table
+            made = {}
+            try:
+                for key, layout in self.RINGS:
+                    ref, req_cons, rsp_prod_pvt = rings[key]
+                    mapping = table.map_grant_ref(abi.GNTMAP_host_map, ref, self.frontend_domid)
+                    self.ring_mappings.append(mapping)
+                    ring = BackRing(mapping.page, layout, start=req_cons)
+                    ring.rsp_prod_pvt = rsp_prod_pvt
+                    made[key] = ring
+                    ring.unconsumed_requests()      # RingError if the saved indices do not fit the page
+                self.port = self.backend.evtchn.bind_interdomain(self.frontend_domid, port)
+            except PyvmmError as err:            # GrantError, EventChannelError, RingError
+                self._teardown()
+                raise MigrationStreamError(f"{self.name} backend: the saved connection cannot be made "
+                                           f"again: {err}") from None
+            self.rings = made
+            self.backend.evtchn.set_notify(self.port, self._notified)
+        self.error = error
+        self.xenbus.error = connect_error
+        self.xenbus.resume(xstate, {**self.xenbus.details, **({"error": error} if error else {})})
+        self.process()             # a reconnecting backend looks at its ring once
 
     def stop(self):
         """Drop the connection and stop watching the frontend (the device is removed)."""

@@ -165,6 +165,14 @@ class XenbusBackend(_XenbusEnd):
         self.switch(XenbusState.InitWait, self.details)
         self._watch_peer()
 
+    def resume(self, state, values=None):
+        """Take up a saved end at ``state`` (a restore: both directories exist, the
+        peer's as it was saved): publish ``values`` and the state, then watch the
+        peer. The watch's first event re-reads the peer's state, so a handshake that
+        was half done when saved goes on from there."""
+        self.switch(state, values)
+        self._watch_peer()
+
     def _peer_changed(self):
         peer = read_state(self.client, self.peer)
         if peer in (XenbusState.Initialised, XenbusState.Connected) \

@@ -26,7 +26,8 @@ import socket
 from pyvmm.errors import MigrationError, MigrationStreamError
 from pyvmm.migrate.stream import DeviceRecord, decode_value, encode_value, read_stream, write_stream
 
-PROTOCOL = 2                     # the session protocol described above (2: "pv" in the config, PV state)
+PROTOCOL = 3                     # the session protocol described above (2: "pv" in the config, PV state;
+                                 # 3: "disks" in a PV guest's device map)
 BEGIN = "migration/begin"        # {"protocol", "page_size", "page_count", "config"}
 ROUND = "migration/round"        # {"round", "pages", "final"}
 DEVICES = "migration/devices"    # {"devices"}: the map SourceVm.save_devices() returned

@@ -30,6 +30,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
+from pyvmm.devices.block.vbd import check_disk_state
 from pyvmm.errors import MigrationError, MigrationStreamError
 from pyvmm.migrate.dirty_scan import DirtyScanner
 from pyvmm.migrate.state import StateFields
@@ -39,11 +40,11 @@ from pyvmm.migrate.stream import (DeviceRecord, DiskRecord, EventChannelsRecord,
                                   write_stream)
 from pyvmm.mm.layout import PAGE_SIZE
 
-SNAPSHOT_FORMAT = 2              # the layout above; a reader refuses a newer one (2: "pv" in the config)
+SNAPSHOT_FORMAT = 3              # the layout above; a reader refuses a newer one (2: "pv" in the config,
+                                 # 3: DISK records carry the attachment's backend: docs/migration-stream.md)
 CONFIG = "snapshot/config"       # the DEVICE record that opens a snapshot
 CONFIG_FIELDS = ("kernel", "initrd", "cmdline", "mmu", "exception_bitmap", "rdtsc_exiting", "pv")
 PV_STATE_KEYS = ("platform", "grant_table", "event_channels", "xenstore")
-DISK_FORMATS = ("raw", "qcow2")
 BATCH_PAGES = 512                # pages a MEMORY record carries (2 MiB of raw pages at most)
 MAX_RAM = 1 << 40
 RESERVED_PREFIXES = ("snapshot/", "migration/")
@@ -59,7 +60,7 @@ class Snapshot:
     ram_size: int
     vcpus: dict                                     # vcpu id -> Vcpu.save()
     devices: dict                                   # device name -> device.save()
-    disks: list = field(default_factory=list)       # {"path", "format", "readonly"} each
+    disks: list = field(default_factory=list)       # Vbd.save() each: path, format, readonly, devid, sectors, backend
     grant_tables: dict = field(default_factory=dict)     # domid -> GrantTable.save()
     event_channels: dict = field(default_factory=dict)   # domid -> EventChannels.save()
     xenstore: list = None                           # Xenstore.save(): (path, value, perms) list
@@ -152,14 +153,12 @@ def check_config(config, ram_size, where="snapshot"):
 
 
 def check_disk(disk, where="snapshot"):
-    f = StateFields(disk, f"{where} disk")
-    f.text("path")
-    f.choice("format", DISK_FORMATS)
-    f.flag("readonly")
-    f.done()
+    """A DISK record's state map (devices/block/vbd.py: path, format, readonly, devid,
+    sectors, backend); the backend's map is checked when it is restored."""
+    check_disk_state(disk, where)
 
 
-def _read_config(record, where):
+def _read_config(record, where, disk_records=False):
     if not isinstance(record, DeviceRecord) or record.name != CONFIG:
         what = record.name if isinstance(record, DeviceRecord) else type(record).__name__
         raise MigrationStreamError(f"{where}: not a VM snapshot (the first record is {what}, "
@@ -174,6 +173,8 @@ def _read_config(record, where):
         raise MigrationStreamError(f"{where}: snapshot format {version} does not exist")
     ram_size = f.raw("ram_size")
     rest = {k: v for k, v in config.items() if k not in ("format", "ram_size")}
+    if version < 3 and disk_records:  # formats 1 and 2 never held a disk (their saves refused one)
+        raise MigrationStreamError(f"{where}: snapshot format {version} with DISK records")
     if version == 1:                  # format 1 had no PV guests
         if "pv" in rest:
             raise MigrationStreamError(f"{where}: snapshot format 1 with a 'pv' config field")
@@ -212,7 +213,7 @@ def read_snapshot(src, name="snapshot"):
     records = read_stream(src, name)
     if not records:
         raise MigrationStreamError(f"{name}: not a VM snapshot (no records before END)")
-    config, ram_size = _read_config(records[0], name)
+    config, ram_size = _read_config(records[0], name, any(isinstance(r, DiskRecord) for r in records))
     snap = Snapshot(config=config, ram_size=ram_size, vcpus={}, devices={}, pages={})
     for index, record in enumerate(records[1:], 1):
         where = f"{name}: record {index}"

@@ -48,6 +48,9 @@ TSC_TO_SYSTEM_MUL = 1 << 31                # ns = (tsc_delta << 0) * 2**31 >> 32
 _TIME = abi.vcpu_info.offsetof("time")
 _UPCALL_MASK = abi.vcpu_info.offsetof("evtchn_upcall_mask")
 _U32 = struct.Struct("<I")
+_GRANT_ENTRY = struct.Struct("<HHI")       # grant_entry_v1: flags, domid, frame (checked below)
+assert [abi.grant_entry_v1.offsetof(m) for m in ("flags", "domid", "frame")] == [0, 2, 4] \
+    and abi.grant_entry_v1.size == _GRANT_ENTRY.size
 _PERMS = re.compile(r"([nrwb])(\d{1,5})")      # one xenstore permission, as XS_GET_PERMS lists it
 
 
@@ -96,6 +99,7 @@ class PvPlatform:
         self.dom0_store_port = self.dom0.evtchn.bind_interdomain(
             domid, self.store_port, notify=lambda port: self.xenstore_conn.handle())
         write_start_info(memory, boot, self.store_port, self.console_port)
+        self._ring_gfns = (lay.console_gfn, lay.store_gfn)
 
     # --- time -----------------------------------------------------------------------
 
@@ -171,6 +175,27 @@ class PvPlatform:
         return vector
 
     # --- save / restore (docs/migration-stream.md, "PV guests") ------------------------
+
+    def host_written_frames(self):
+        """The guest's frames that domain 0 writes with its own stores, which the dirty
+        log (the guest's write exits) never sees: shared_info (event bits, time), the
+        console and xenstore rings, the grant table frames (GTF_reading/writing), and
+        every frame the guest grants writable to another domain (a backend's rings,
+        the pages a disk read fills). Live migration counts them dirty in every round
+        (as Xen marks a frame dirty when a writable grant mapping of it goes)."""
+        guest = self.guest
+        frames = set(self._ring_gfns)
+        frames.update(guest.grant_table.frames)
+        if guest.shared_info_gfn is not None:
+            frames.add(guest.shared_info_gfn)
+        frames.update(gfn for gfn, pins in guest.foreign_pins.items() if pins)
+        writable_grant = abi.GTF_permit_access
+        mask = abi.GTF_type_mask | abi.GTF_readonly
+        for gfn in guest.grant_table.frames:
+            for flags, _, frame in _GRANT_ENTRY.iter_unpack(guest.page(gfn)):
+                if flags & mask == writable_grant:
+                    frames.add(frame)
+        return sorted(gfn for gfn in frames if gfn < guest.nr_gfns)
 
     def save(self):
         """The platform's own state as plain values (the ``pv`` device of a snapshot):

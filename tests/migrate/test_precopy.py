@@ -321,8 +321,8 @@ def test_whole_crafted_stream_is_accepted():
 
 @pytest.mark.parametrize("records, problem", [
     ((mem(0),), "starts with migration/begin"),
-    ((begin(protocol=session.PROTOCOL + 1),), "protocol 3 is newer"),
-    ((begin(protocol=session.PROTOCOL - 1),), "protocol 1 is older"),
+    ((begin(protocol=session.PROTOCOL + 1),), f"protocol {session.PROTOCOL + 1} is newer"),
+    ((begin(protocol=session.PROTOCOL - 1),), f"protocol {session.PROTOCOL - 1} is older"),
     ((begin(page_size=8192),), "page size 8192"),
     ((begin(pages=1 << 30),), "pages of RAM: expected 1 .. 256"),
     ((begin(page_count=True),), "field 'page_count' is True, expected int"),

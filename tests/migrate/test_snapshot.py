@@ -28,8 +28,12 @@ from pyvmm.mm.memory import GuestMemory
 RAM = 2 << 20
 CONFIG = {"kernel": "guests/build/hello.elf", "initrd": None, "cmdline": "console=ttyS0",
           "mmu": "ept", "exception_bitmap": 0, "rdtsc_exiting": False, "pv": False}
-DISKS = [{"path": "/srv/disk.qcow2", "format": "qcow2", "readonly": False},
-         {"path": "/srv/seed.img", "format": "raw", "readonly": True}]
+_BACKEND = {"state": 4, "error": None, "connect_error": None, "rings": {"ring-ref": [8, 70, 70]}, "port": 5,
+            "served": [0, 1, 69]}
+DISKS = [{"path": "/srv/disk.qcow2", "format": "qcow2", "readonly": False, "devid": 51712, "sectors": 8192,
+          "backend": _BACKEND},
+         {"path": "/srv/seed.img", "format": "raw", "readonly": True, "devid": 51728, "sectors": 2048,
+          "backend": dict(_BACKEND, state=2, rings=None, port=None, served=[0, 0, 0])}]
 VCPU = {"rip": 0xFFFF_FFFF_8100_0000, "rflags": 0x202, "cr3": 0x9000, "tsc_offset": -5,
         "fpu": b"\x7f" * 512, "pending_event": None}
 
@@ -200,17 +204,25 @@ def _stream(records):
 
 def test_a_newer_snapshot_format_is_refused():
     _refused(_stream(_records_with_config(format=snapshot_mod.SNAPSHOT_FORMAT + 1)),
-             "snapshot format 3 is newer than this pyvmm reads")
+             f"snapshot format {snapshot_mod.SNAPSHOT_FORMAT + 1} is newer than this pyvmm reads")
+
+
+def test_a_format_2_snapshot_with_disks_is_refused():
+    """Format 2 never held a disk (its saves refused one); its DISK map had other keys."""
+    _refused(_stream(_records_with_config(format=2)), "snapshot format 2 with DISK records")
+    records = [r for r in _records_with_config(format=2) if not isinstance(r, S.DiskRecord)]
+    assert snapshot_mod.read_snapshot(io.BytesIO(_stream(records))).disks == []
 
 
 def test_a_format_1_snapshot_is_read_as_a_guest_without_pv():
-    records = _records_with_config(format=1)
+    records = [r for r in _records_with_config(format=1) if not isinstance(r, S.DiskRecord)]
     config = S.decode_value(records[0].blob)
     del config["pv"]
     records[0] = S.DeviceRecord(snapshot_mod.CONFIG, bytes(S.encode_value(config)))
     snap = snapshot_mod.read_snapshot(io.BytesIO(_stream(records)))
     assert snap.config["pv"] is False
-    _refused(_stream(_records_with_config(format=1)), "snapshot format 1 with a 'pv' config field")
+    _refused(_stream([r for r in _records_with_config(format=1) if not isinstance(r, S.DiskRecord)]),
+             "snapshot format 1 with a 'pv' config field")
 
 
 @pytest.mark.parametrize("change, match", [

@@ -55,7 +55,7 @@ from pyvmm.devices.block.persistent import PersistentGrants
 from pyvmm.devices.block.request import (BLKIF_REQUEST_VIEWS, SECTOR_SIZE, SECTORS_PER_PAGE, SEGMENT_SIZE,
                                          BadRequest, indirect_frames, parse_segments)
 from pyvmm.devices.ring import RingLayout
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import MigrationStreamError, PyvmmError
 from pyvmm.pv import abi
 
 __all__ = ["Blkback", "SECTOR_SIZE", "SECTORS_PER_PAGE", "BLKIF_REQUEST_VIEWS", "BadRequest"]
@@ -117,6 +117,25 @@ class Blkback(SplitBackend):
     def ring(self):
         """The blkif BackRing while connected, else None."""
         return self.rings.get("ring-ref")
+
+    # --- save / restore: the connection (SplitBackend) and the response counts ---------
+
+    def save(self):
+        state = super().save()
+        state["served"] = [self.served[status] for status in sorted(self.served)]
+        return state
+
+    def restore(self, state):
+        if not isinstance(state, dict):
+            raise MigrationStreamError(f"{self.name} backend state: expected a map")
+        state = dict(state)
+        served = state.pop("served", None)
+        if not (isinstance(served, list) and len(served) == len(self.served)
+                and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 64 for n in served)):
+            raise MigrationStreamError(f"{self.name} backend state field 'served': {served!r} is not "
+                                       f"{len(self.served)} counts")
+        super().restore(state)
+        self.served = dict(zip(sorted(self.served), served))
 
     # --- the connection's features -----------------------------------------------------
 

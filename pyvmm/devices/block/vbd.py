@@ -20,18 +20,30 @@ BadImageError) before any VM state exists, and leaves no image open; a read-only
 spec opens the image read-only, so blkback refuses writes and discards and the
 file is never written; detaching is idempotent and closes every image even if a
 backend's teardown fails.
+
+Save/restore (docs/migration-stream.md, "Disks"): ``Vbd.save`` serves the requests
+on the ring first (none stays in flight), flushes the image and gives the DISK
+record's state map (the image's path, format and read-only flag, the device id,
+its size, blkback's connection). ``restore_vbds`` opens the images again by path
+(shared storage: the same file) and builds each Vbd without starting its backend;
+``Vbd.restore`` then takes the connection up where it was, once the guest's grant
+table, event channels and xenstore home are back. For a live migration the source
+``release``s its images after the save (closed: flushed, qcow2 marked clean, no
+write after that) so the destination opens them as the only writer, and
+``reclaim``s them if the migration fails and the VM runs on here.
 """
 
 from dataclasses import dataclass
 from typing import Optional
 
-from pyvmm.devices.block.blkback import Blkback
+from pyvmm.devices.block.blkback import SECTOR_SIZE, Blkback
 from pyvmm.devices.xenbus import create_device
-from pyvmm.errors import ConfigError, PyvmmError
+from pyvmm.errors import ConfigError, MigrationStreamError, PyvmmError
+from pyvmm.migrate.state import StateFields
 from pyvmm.storage import open_image
 
-__all__ = ["DiskSpec", "Vbd", "open_disks", "attach_vbds", "detach_vbds", "vbd_devid", "vbd_name",
-           "MAX_DISKS"]
+__all__ = ["DiskSpec", "Vbd", "open_disks", "attach_vbds", "detach_vbds", "restore_vbds", "check_disk_state",
+           "vbd_devid", "vbd_name", "MAX_DISKS"]
 
 XVD_MAJOR = 202            # docs/misc/vbd-interface.txt: xvd disks, major 202, 16 minors each
 MAX_DISKS = 16             # xvda..xvdp: the 16-bit encoding's simple form
@@ -98,15 +110,31 @@ def open_disks(specs):
     return images
 
 
+def check_disk_state(state, where="snapshot"):
+    """The DiskSpec of a DISK record's state map (Vbd.save()), its top-level fields
+    checked (the backend's map is checked by Blkback.restore)."""
+    f = StateFields(state, f"{where} disk")
+    path = f.text("path")
+    fmt = f.choice("format", FORMATS)
+    readonly = f.flag("readonly")
+    f.choice("devid", [vbd_devid(i) for i in range(MAX_DISKS)])
+    f.uint("sectors", 1 << 64)
+    if not isinstance(f.raw("backend"), dict):
+        f.fail("backend", "not a map")
+    f.done()
+    return DiskSpec(path, fmt, readonly)
+
+
 class Vbd:
     """Disk ``index`` of guest ``frontend_domid``: its xenstore directories and its Blkback.
 
     ``backend_domain`` is domain 0 (maps grants, owns the event channel), ``client``
     its xenstore client. The directories are made and the backend started (InitWait)
-    at once; the guest's blkfront does the rest of the handshake.
+    at once; the guest's blkfront does the rest of the handshake. ``start=False``
+    (a restore) leaves the backend unstarted for ``restore``.
     """
 
-    def __init__(self, backend_domain, client, frontend_domid, index, image):
+    def __init__(self, backend_domain, client, frontend_domid, index, image, start=True):
         self.index = index
         self.devid = vbd_devid(index)
         self.name = vbd_name(index)
@@ -120,12 +148,48 @@ class Vbd:
         client.write(f"{self.frontend_path}/virtual-device", str(self.devid))
         client.write(f"{self.frontend_path}/device-type", "disk")
         self.blkback = Blkback(backend_domain, client, frontend_domid, self.devid, image)
-        self.blkback.start()
+        if start:
+            self.blkback.start()
 
     @property
     def state(self):
         """The backend's xenbus state."""
         return self.blkback.xenbus.state
+
+    # --- save / restore -----------------------------------------------------------------
+
+    def save(self):
+        """The DISK record's state map. Serves the requests already on the ring (their
+        responses go into the guest's ring page) and flushes the image first."""
+        backend = self.blkback.save()
+        self.image.flush()
+        return {"path": self.image.path, "format": self.image.format or "raw",
+                "readonly": bool(self.image.readonly), "devid": self.devid,
+                "sectors": self.blkback.sectors, "backend": backend}
+
+    def restore(self, state, where="snapshot"):
+        """Take up the saved attachment in this Vbd, built by restore_vbds from the same
+        state (so path, format and read-only flag match); the image must have the saved
+        size and the device id must be this one (MigrationStreamError otherwise)."""
+        check_disk_state(state, where)
+        if state["devid"] != self.devid:
+            raise MigrationStreamError(f"{where}: disk {self.name} was saved as device {state['devid']}, "
+                                       f"restored as {self.devid}")
+        if state["sectors"] != self.blkback.sectors:
+            raise MigrationStreamError(f"{where}: disk {self.image.path} has {self.blkback.sectors} sectors "
+                                       f"of {SECTOR_SIZE} bytes, but {state['sectors']} when it was saved")
+        self.blkback.restore(state["backend"])
+
+    def release(self):
+        """Hand the image over (a live migration's destination opens it next): closed,
+        so flushed and (qcow2) marked clean, and nothing more is written to it here."""
+        self.image.close()
+
+    def reclaim(self):
+        """Open the image again after ``release`` (the migration failed: the VM runs on)."""
+        if self.image.closed:
+            image = open_image(self.image.path, self.image.format, readonly=self.image.readonly)
+            self.image = self.blkback.image = image
 
     def close(self):
         """Stop the backend and close (flush) the image; idempotent."""
@@ -137,13 +201,13 @@ class Vbd:
             self.image.close()
 
 
-def attach_vbds(pv, images):
+def attach_vbds(pv, images, start=True):
     """A Vbd per image for ``pv``'s guest (a PvPlatform: ``dom0``, ``xs``, ``guest``),
-    devices xvda, xvdb ... in order. On failure every image is closed."""
+    devices xvda, xvdb ... in order (``start`` as Vbd's). On failure every image is closed."""
     vbds = []
     try:
         for index, image in enumerate(images):
-            vbds.append(Vbd(pv.dom0, pv.xs, pv.guest.domid, index, image))
+            vbds.append(Vbd(pv.dom0, pv.xs, pv.guest.domid, index, image, start=start))
     except BaseException:
         detach_vbds(vbds)
         for image in images[len(vbds):]:
@@ -162,3 +226,11 @@ def detach_vbds(vbds):
             first = first or err
     if first is not None:
         raise first
+
+
+def restore_vbds(pv, states, where="snapshot"):
+    """Unstarted Vbds for the DISK state maps ``states`` (Vbd.save(), in device order):
+    the images opened again by path, format and read-only flag, all or none. Each is
+    then brought back with ``Vbd.restore(state)`` once the guest's domain is restored."""
+    specs = [check_disk_state(state, where) for state in states]
+    return attach_vbds(pv, open_disks(specs), start=False)
