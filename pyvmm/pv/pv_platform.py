@@ -39,7 +39,7 @@ from pyvmm.pv import abi, pv_mmu
 from pyvmm.pv.console import ConsoleBackend
 from pyvmm.pv.dom0 import Dom0
 from pyvmm.pv.domain import Domain
-from pyvmm.pv.xenstore import MAX_QUEUED_OUTPUT, MAX_WATCHES_PER_DOMAIN, Perm, _Watch, domain_path
+from pyvmm.pv.xenstore import Perm, domain_path
 from pyvmm.pv.xs_wire import XENSTORE_PAYLOAD_MAX
 
 GUEST_DOMID = 1
@@ -216,7 +216,7 @@ class PvPlatform:
                 "poll_deadline": self.poll_deadline, "upcalls": self.upcalls,
                 "timer_fired": self.timer_fired, "upcall_vector": guest.upcall_vector,
                 "released": released, "console_port": self.console_port, "store_port": self.store_port,
-                "console": self.console.save(), "xenstore_connection": _save_connection(self.xenstore_conn)}
+                "console": self.console.save(), "xenstore_connection": self.xenstore_conn.save()}
 
     def save_domain(self):
         """(grant table, event channels, xenstore nodes) of the guest's domain: the
@@ -250,7 +250,8 @@ class PvPlatform:
         released = f.uint_list("released", guest.nr_gfns, guest.nr_gfns)
         ports = {name: f.integer(name, 1, guest.evtchn.max_ports - 1) for name in ("console_port", "store_port")}
         console = f.raw("console")
-        connection = _checked_connection(f.raw("xenstore_connection"), f)
+        connection = f.raw("xenstore_connection")
+        self.xenstore_conn.check_state(connection, f"{f.component}: xenstore connection")
         f.done()
         nodes = _checked_nodes(xenstore, domain_path(guest.domid))
         self.console.check_state(console)
@@ -269,7 +270,7 @@ class PvPlatform:
         self.console_port, self.store_port = ports["console_port"], ports["store_port"]
         self.console.restore(console)
         _restore_nodes(self.xs, domain_path(guest.domid), nodes)
-        _restore_connection(self.xenstore_conn, connection)
+        self.xenstore_conn.restore(connection)
         try:
             self.dom0_console_port = self.dom0.evtchn.bind_interdomain(guest.domid, self.console_port,
                                                                        notify=self.console.on_event)
@@ -279,40 +280,6 @@ class PvPlatform:
             raise MigrationStreamError(f"PV platform of domain {guest.domid}: the console or xenstore "
                                        f"port is not waiting for domain 0 in the saved event channels: {e}") from None
         return released
-
-
-# The guest's xenstore connection: its watches, the bytes of a request not yet whole,
-# replies the ring had no room for, and whether it broke the protocol. Transactions
-# are not carried (a transaction holds a copy of the tree): save refuses while one is open.
-def _save_connection(conn):
-    if conn.transactions:
-        raise MigrationError(f"domain {conn.domid} has {len(conn.transactions)} open xenstore "
-                             f"transaction(s); save again when they have ended")
-    watches = [[w.path, w.abs_path, w.token] for w in conn.store.watches if w.session is conn]
-    return {"watches": watches, "input": bytes(conn._in), "output": bytes(conn._out), "broken": conn.broken}
-
-
-def _checked_connection(state, parent):
-    f = StateFields(state, f"{parent.component}: xenstore connection")
-    watches = f.items("watches", MAX_WATCHES_PER_DOMAIN)
-    for w in watches:
-        if not (isinstance(w, list) and len(w) == 3 and all(isinstance(v, str) and len(v) <= 4096 for v in w)
-                and w[1].startswith("/")):
-            f.fail("watches", f"{w!r} is not [path, absolute path, token]")
-    state = {"watches": watches, "input": f.blob("input", max_size=XENSTORE_PAYLOAD_MAX + 16),
-             "output": f.blob("output", max_size=MAX_QUEUED_OUTPUT)}
-    broken = f.raw("broken")
-    state["broken"] = None if broken is None else f.text("broken")
-    f.done()
-    return state
-
-
-def _restore_connection(conn, state):
-    conn.drop_state()
-    conn.store.watches.extend(_Watch(conn, path, abs_path, token) for path, abs_path, token in state["watches"])
-    conn._in += state["input"]
-    conn._out += state["output"]
-    conn.broken = state["broken"]
 
 
 def _checked_nodes(nodes, home):

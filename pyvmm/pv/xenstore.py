@@ -27,9 +27,11 @@ Invariants:
 Save/restore: ``save()`` lists every node (path, value, permissions in XS_GET_PERMS
 order written as one string such as ``n0r1``), parents before children; ``restore``
 checks the whole list (canonical absolute paths, each parent listed before its
-children, valid permissions) before it replaces the tree. Watches, transactions and
-ring connections are not state that travels: as after a Xen restore, guests are
-introduced again and their xenbus drivers re-register their watches.
+children, valid permissions) before it replaces the tree. The store's
+``save`` carries no watches, transactions or connections; a guest's connection
+carries its own (``XsConnection.save``/``restore``: its watches and the bytes in
+flight on its ring, as plain values; an open transaction refuses the save), so a
+restored guest goes on without re-registering anything.
 """
 
 import itertools
@@ -37,7 +39,8 @@ import re
 from collections import deque
 from typing import NamedTuple
 
-from pyvmm.errors import MigrationStreamError, RingError, XenstoreError
+from pyvmm.errors import MigrationError, MigrationStreamError, RingError, XenstoreError
+from pyvmm.migrate.state import StateFields
 from pyvmm.pv.xs_wire import (HEADER_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_ERROR_PROTO,
                               XENSTORE_ERROR_RINGIDX, XENSTORE_PAYLOAD_MAX, XENSTORE_RECONNECT,
                               XENSTORE_REL_PATH_MAX, XENSTORE_SERVER_FEATURE_ERROR,
@@ -646,6 +649,45 @@ class XsConnection(_Session):
         self.store.watches = [w for w in self.store.watches if w.session is not self]
         self._in.clear()
         self._out.clear()
+
+    # --- save / restore (docs/migration-stream.md, "PV guests": xenstore_connection) ---
+
+    def save(self):
+        """The connection as plain values: its watches ([path, absolute path, token]),
+        the bytes of a request not yet whole, replies the ring had no room for, and why
+        it broke (or None). Transactions are not carried (each holds a copy of the
+        tree): MigrationError while one is open."""
+        if self.transactions:
+            raise MigrationError(f"domain {self.domid} has {len(self.transactions)} open xenstore "
+                                 f"transaction(s); save again when they have ended")
+        watches = [[w.path, w.abs_path, w.token] for w in self.store.watches if w.session is self]
+        return {"watches": watches, "input": bytes(self._in), "output": bytes(self._out),
+                "broken": self.broken}
+
+    def check_state(self, state, component="xenstore connection"):
+        """``state`` (from save) checked in full; MigrationStreamError names the bad
+        field. Changes nothing."""
+        f = StateFields(state, component)
+        watches = f.items("watches", MAX_WATCHES_PER_DOMAIN)
+        for w in watches:
+            if not (isinstance(w, list) and len(w) == 3 and all(isinstance(v, str) and len(v) <= 4096 for v in w)
+                    and w[1].startswith("/")):
+                f.fail("watches", f"{w!r} is not [path, absolute path, token]")
+        f.blob("input", max_size=XENSTORE_PAYLOAD_MAX + HEADER_SIZE)
+        f.blob("output", max_size=MAX_QUEUED_OUTPUT)
+        if f.raw("broken") is not None:
+            f.text("broken")
+        f.done()
+
+    def restore(self, state):
+        """Replace this connection's watches, partial input, queued output and broken
+        state with ``state`` (checked first: a refused state changes nothing)."""
+        self.check_state(state)
+        self.drop_state()
+        self.store.watches.extend(_Watch(self, path, abs_path, token) for path, abs_path, token in state["watches"])
+        self._in += state["input"]
+        self._out += state["output"]
+        self.broken = state["broken"]
 
     def deliver(self, path, token):
         self._send(encode_message(XsType.XS_WATCH_EVENT, 0, 0, join_strings(path, token)))

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from pyvmm.errors import XenstoreError
+from pyvmm.errors import MigrationError, MigrationStreamError, XenstoreError
 from pyvmm.pv import xenstore as xs
 from pyvmm.pv.xenstore import LocalClient, Perm, RingClient, Xenstore
 from pyvmm.pv.xs_wire import (XENSTORE_ERROR_NONE, XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX,
@@ -307,3 +307,49 @@ def test_introduce_and_release_fire_special_watches(store, dom0):
     dom0._request(XsType.XS_RELEASE, "5")
     assert 5 not in store.connections and events[-1] == "@releaseDomain"
     assert dom0._request(XsType.XS_IS_DOMAIN_INTRODUCED, "5") == b"F\0"
+
+
+# ---- a guest's connection saved and restored (XsConnection.save/restore) ------------
+
+def test_connection_state_moves_to_a_new_connection_and_goes_on(store, guest, dom0):
+    """Watches and half a request saved as plain values; a connection on a fresh ring
+    page (the restored guest's) takes them: the half request completes there and a
+    change fires the watch over the new ring."""
+    events = []
+    guest.client.watch("data", lambda path, token: events.append((path, token)), token="tok")
+    assert events == [("data", "tok")]
+    msg = encode_message(XsType.XS_GET_DOMAIN_PATH, 5, 0, join_strings("1"))
+    XsRingPage(guest.page).client_write(msg[:7])
+    guest.conn.handle()
+    state = guest.conn.save()
+    assert state == {"watches": [["data", "/local/domain/1/data", "tok"]], "input": msg[:7], "output": b"",
+                     "broken": None}
+    store.release(1)                                    # the old connection goes (its watches too)
+    moved = Guest(store, 1)
+    moved.conn.restore(state)
+    assert _raw(moved, msg[7:]) == [(XsType.XS_GET_DOMAIN_PATH, 5, [b"/local/domain/1"])]
+    dom0.write("/local/domain/1/data/x", b"1")
+    assert _raw(moved) == [(XsType.XS_WATCH_EVENT, 0, [b"data/x", b"tok"])]
+
+
+def test_a_save_with_an_open_transaction_is_refused(guest):
+    guest.client.transaction_start()
+    with pytest.raises(MigrationError, match="1 open xenstore transaction"):
+        guest.conn.save()
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda s: s.update(watches=[["a", "relative", "t"]]), r"is not \[path, absolute path, token\]"),
+    (lambda s: s.update(input=b"x" * 5000), r"'input': 5000 bytes, at most"),
+    (lambda s: s.update(broken=3), r"'broken': a int"),
+    (lambda s: s.pop("output"), r"'output': missing"),
+    (lambda s: s.update(more=1), r"unknown field"),
+])
+def test_a_bad_connection_state_is_refused_and_changes_nothing(guest, change, problem):
+    guest.client.watch("data", lambda path, token: None, token="keep")
+    state = guest.conn.save()
+    before = dict(state)
+    change(state)
+    with pytest.raises(MigrationStreamError, match=problem):
+        guest.conn.restore(state)
+    assert guest.conn.save() == before
