@@ -203,7 +203,9 @@ class SplitBackend:
             self.backend.evtchn.close(self.port)
             self.port = None
         while self.ring_mappings:
-            self.backend.grant_table.unmap_grant_ref(self.ring_mappings.pop().handle)
+            mapping = self.ring_mappings.pop()
+            if mapping.mapped:           # not dropped already (the frontend's domain was destroyed)
+                self.backend.grant_table.unmap_grant_ref(mapping.handle)
         self.rings = {}
 
     def disconnect(self, reason):

@@ -52,15 +52,16 @@ notification, so "in flight" means queued on the ring.
 from pyvmm.devices import blkif
 from pyvmm.devices.backend import SplitBackend
 from pyvmm.devices.block.persistent import PersistentGrants
-from pyvmm.devices.block.request import (BLKIF_REQUEST_VIEWS, SECTOR_SIZE, SECTORS_PER_PAGE, SEGMENT_SIZE,
-                                         BadRequest, indirect_frames, parse_segments)
+from pyvmm.devices.block.request import (BLKIF_REQUEST_VIEWS, BLKIF_RESPONSE_FAST, SECTOR_SIZE,
+                                         SECTORS_PER_PAGE, SEGMENT_SIZE, BadRequest, indirect_frames,
+                                         parse_segments)
 from pyvmm.devices.ring import RingLayout
 from pyvmm.errors import MigrationStreamError, PyvmmError
 from pyvmm.pv import abi
 
 __all__ = ["Blkback", "SECTOR_SIZE", "SECTORS_PER_PAGE", "BLKIF_REQUEST_VIEWS", "BadRequest"]
 
-_RING = RingLayout("blkif", BLKIF_REQUEST_VIEWS, blkif.BLKIF_RESPONSE)
+_RING = RingLayout("blkif", BLKIF_REQUEST_VIEWS, BLKIF_RESPONSE_FAST)
 assert _RING.entry.size == blkif.BLKIF_RING.entry.size and _RING.ring_offset == blkif.BLKIF_RING.ring_offset
 
 _READ, _WRITE = blkif.BLKIF_OP_READ, blkif.BLKIF_OP_WRITE
@@ -170,11 +171,10 @@ class Blkback(SplitBackend):
             if op == _READ or op == _WRITE:
                 self._read_write(op == _WRITE, req.sector_number, req.inline_segments())
             elif op == blkif.BLKIF_OP_INDIRECT and self.max_indirect:
-                ind = req.indirect()
-                op = ind["indirect_op"]       # answered as Linux's blkback does
-                if op != _READ and op != _WRITE:
+                op, count, sector, grefs = req.indirect_values()   # answered with indirect_op, as
+                if op != _READ and op != _WRITE:                     # Linux's blkback does
                     raise BadRequest(_ERROR, f"indirect operation {op} is neither READ nor WRITE")
-                self._read_write(op == _WRITE, ind["sector_number"], self._indirect_segments(ind))
+                self._read_write(op == _WRITE, sector, self._indirect_segments(count, grefs))
             elif op == blkif.BLKIF_OP_FLUSH_DISKCACHE:
                 self.image.flush()
             elif op == blkif.BLKIF_OP_DISCARD:
@@ -200,12 +200,11 @@ class Blkback(SplitBackend):
         self._check_range("discard", req["sector_number"], req["nr_sectors"])
         self.image.discard(req["sector_number"] * SECTOR_SIZE, req["nr_sectors"] * SECTOR_SIZE)
 
-    def _indirect_segments(self, ind):
-        """The segment array of an indirect request, copied out of its indirect pages."""
-        count = ind["nr_segments"]
+    def _indirect_segments(self, count, indirect_grefs):
+        """The ``count`` segments of an indirect request, copied out of its indirect pages."""
         if not 1 <= count <= self.max_indirect:
             raise BadRequest(_ERROR, f"indirect nr_segments {count} is not in 1..{self.max_indirect}")
-        grefs = tuple(ind["indirect_grefs"][:indirect_frames(count)])
+        grefs = indirect_grefs[:indirect_frames(count)]
         nbytes = count * SEGMENT_SIZE
         per_page = blkif.BLKIF_SEGS_PER_INDIRECT_FRAME * SEGMENT_SIZE
         pages, release = self._map(grefs, writable=False)

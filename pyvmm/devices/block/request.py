@@ -10,7 +10,8 @@ Responsibility: what one ring slot asks for, before any page is mapped:
   range each segment covers in its page, from the slot (up to 11) or from the bytes of
   the indirect pages (BLKIF_OP_INDIRECT), validated: every segment has
   ``first_sect <= last_sect < sectors per page``;
-- ``BadRequest``: a request that cannot be served, with the BLKIF_RSP_* to answer.
+- ``BadRequest``: a request that cannot be served, with the BLKIF_RSP_* to answer;
+- ``BLKIF_RESPONSE_FAST``: blkif_response written with one precompiled struct.
 
 Invariants: nothing here maps a grant or touches an image; a request that fails a
 check raises BadRequest and yields nothing.
@@ -22,10 +23,10 @@ import struct
 from pyvmm.devices import blkif
 from pyvmm.errors import PyvmmError
 from pyvmm.pv import abi
-from pyvmm.pv.cstruct import Union
+from pyvmm.pv.cstruct import Struct, Union
 
-__all__ = ["Request", "Segments", "BadRequest", "BLKIF_REQUEST_VIEWS", "parse_segments",
-           "indirect_frames", "SECTOR_SIZE", "SECTORS_PER_PAGE"]
+__all__ = ["Request", "Segments", "BadRequest", "BLKIF_REQUEST_VIEWS", "BLKIF_RESPONSE_FAST",
+           "parse_segments", "indirect_frames", "SECTOR_SIZE", "SECTORS_PER_PAGE"]
 
 SECTOR_SIZE = 512                                   # blkif.h: sector numbers are 512-byte units
 SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR_SIZE     # so last_sect <= 7 for 4 KiB pages
@@ -88,6 +89,11 @@ class Request:
         return {"operation": v[0], "indirect_op": v[1], "nr_segments": v[2], "id": v[3],
                 "sector_number": v[4], "handle": v[5], "indirect_grefs": list(v[6:])}
 
+    def indirect_values(self):
+        """(indirect_op, nr_segments, sector_number, indirect_grefs tuple) of ``indirect``."""
+        v = _INDIRECT_BODY.unpack_from(self.raw)
+        return v[1], v[2], v[4], v[6:]
+
     def inline_segments(self):
         """The ``Segments`` of a READ/WRITE held in the slot; BadRequest unless
         nr_segments is 1..11 and each segment lies inside its page."""
@@ -99,6 +105,20 @@ class Request:
 
 
 _ONE_SEG = struct.Struct("<IBB")
+
+
+class _FastResponse(Struct):
+    """blkif_response (the same layout) whose ``pack_into`` is one precompiled struct."""
+
+    _PACK = struct.Struct("<QBxh")
+
+    def pack_into(self, buf, offset, values):
+        self._PACK.pack_into(buf, offset, values["id"], values["operation"], values["status"])
+
+
+BLKIF_RESPONSE_FAST = _FastResponse("blkif_response", blkif.BLKIF_RESPONSE.members)
+assert BLKIF_RESPONSE_FAST.size == blkif.BLKIF_RESPONSE.size == 16
+assert [blkif.BLKIF_RESPONSE.offsetof(n) for n in ("id", "operation", "status")] == [0, 8, 10]
 
 
 class _RequestViews(Union):
@@ -120,9 +140,9 @@ def indirect_frames(count):
 
 
 class Segments:
-    """The validated segments of one READ/WRITE: ``grefs`` in order; ``spans`` the
-    (start, end) byte range of each in its page, or None when every segment is a whole
-    page (the common case: no slicing); ``nbytes`` their total."""
+    """The validated segments of one READ/WRITE: ``grefs`` (tuple) in order; ``spans``
+    the (start, end) byte range of each in its page (tuple), or None when every segment
+    is a whole page (the common case: no slicing); ``nbytes`` their total."""
 
     __slots__ = ("grefs", "spans", "nbytes")
 
@@ -137,13 +157,10 @@ def _grefs_of(count):
     return struct.Struct("<" + "I4x" * count)
 
 
-_WHOLE_FIRST = bytes(4096)                          # first_sect 0 ...
-_WHOLE_LAST = bytes([SECTORS_PER_PAGE - 1]) * 4096  # ... last_sect 7: a whole page
-
-
-def parse_segments(raw, count):
-    """``Segments`` from ``raw``, the bytes of ``count`` blkif_request_segment entries;
-    BadRequest if a segment's sectors are not inside one page."""
+@functools.lru_cache(maxsize=64)
+def _parsed(raw, count):
+    """parse_segments, remembered: a frontend repeats its segment arrays (the same buffer
+    read again), and a Segments is not changed by its users."""
     grefs = _grefs_of(count).unpack(raw)
     firsts, lasts = raw[4::SEGMENT_SIZE], raw[5::SEGMENT_SIZE]
     if firsts == _WHOLE_FIRST[:count] and lasts == _WHOLE_LAST[:count]:
@@ -155,4 +172,14 @@ def parse_segments(raw, count):
                                                     f"within one page")
         spans.append((first * SECTOR_SIZE, (last + 1) * SECTOR_SIZE))
         total += (last - first + 1) * SECTOR_SIZE
-    return Segments(grefs, spans, total)
+    return Segments(grefs, tuple(spans), total)
+
+
+_WHOLE_FIRST = bytes(4096)                          # first_sect 0 ...
+_WHOLE_LAST = bytes([SECTORS_PER_PAGE - 1]) * 4096  # ... last_sect 7: a whole page
+
+
+def parse_segments(raw, count):
+    """``Segments`` from ``raw`` (bytes), the ``count`` blkif_request_segment entries;
+    BadRequest if a segment's sectors are not inside one page."""
+    return _parsed(bytes(raw), count)

@@ -251,3 +251,18 @@ def test_indirect_without_the_feature_is_not_served(disk, tmp_path):
     rig.fe.push()
     assert rig.fe.responses() == [(1, INDIRECT, EOPNOTSUPP)]
     assert converted(path, tmp_path) == before and rig.guests[0].grant_table.pins(IND_REF) == (0, 0)
+
+
+def test_a_destroyed_frontend_domain_leaves_a_backend_that_stops_cleanly(disk):
+    """The frontend's domain goes away while blkback holds its ring and persistent
+    grants (Xen drops other domains' mappings of its grants): stopping the backend
+    afterwards unmaps nothing twice and raises nothing."""
+    path, img = disk
+    rig = Rig(img, nr_guests=2, frontend=PERSISTENT)
+    assert rig.fe.call(READ, rid=1, sector=0, segs=[(0, 0, 7), (1, 0, 7)]) == OKAY
+    assert dom0_mappings(rig) == 2 + 2                       # two rings, two kept grants
+    rig.guests[0].destroy()
+    assert dom0_mappings(rig) == 1                           # the other guest's ring
+    rig.backs[0].stop()
+    assert rig.backs[0].persistent is None and not rig.backs[0].connected
+    assert rig.fronts[1].call(READ, rid=2, sector=8, segs=[(0, 0, 7)]) == OKAY
