@@ -62,10 +62,6 @@ BLKIF_REQUEST_INDIRECT = Struct("blkif_request_indirect", [
     ("sector_number", _SECTOR), ("handle", _VDEV),
     ("indirect_grefs", Array(_GRANT_REF, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST))])
 
-# blkif.h, BLKIF_OP_INDIRECT: "every indirect page can contain a maximum of
-# (PAGE_SIZE / sizeof(struct blkif_request_segment)) segments".
-BLKIF_SEGS_PER_INDIRECT_FRAME = 4096 // BLKIF_SEGMENT.size
-
 # struct blkif_response
 BLKIF_RESPONSE = Struct("blkif_response", [("id", u64), ("operation", u8), ("status", i16)])
 

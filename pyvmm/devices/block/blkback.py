@@ -53,8 +53,8 @@ from pyvmm.devices import blkif
 from pyvmm.devices.backend import SplitBackend
 from pyvmm.devices.block.persistent import PersistentGrants
 from pyvmm.devices.block.request import (BLKIF_REQUEST_VIEWS, BLKIF_RESPONSE_FAST, SECTOR_SIZE,
-                                         SECTORS_PER_PAGE, SEGMENT_SIZE, BadRequest, indirect_frames,
-                                         parse_segments)
+                                         SECTORS_PER_PAGE, SEGMENT_SIZE, SEGMENTS_PER_INDIRECT_PAGE, BadRequest,
+                                         indirect_frames, parse_segments)
 from pyvmm.devices.ring import RingLayout
 from pyvmm.errors import MigrationStreamError, PyvmmError
 from pyvmm.pv import abi
@@ -100,7 +100,7 @@ class Blkback(SplitBackend):
         self.served = {blkif.BLKIF_RSP_OKAY: 0, blkif.BLKIF_RSP_ERROR: 0, blkif.BLKIF_RSP_EOPNOTSUPP: 0}
         self.max_indirect = self.MAX_INDIRECT_SEGMENTS if max_indirect_segments is None \
             else max_indirect_segments
-        limit = blkif.BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * blkif.BLKIF_SEGS_PER_INDIRECT_FRAME
+        limit = blkif.BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * SEGMENTS_PER_INDIRECT_PAGE
         if not 0 <= self.max_indirect <= limit:
             raise PyvmmError(f"max_indirect_segments {self.max_indirect} is not in 0..{limit}")
         self.offer_persistent = self.PERSISTENT_GRANTS if persistent is None else persistent
@@ -206,7 +206,7 @@ class Blkback(SplitBackend):
             raise BadRequest(_ERROR, f"indirect nr_segments {count} is not in 1..{self.max_indirect}")
         grefs = indirect_grefs[:indirect_frames(count)]
         nbytes = count * SEGMENT_SIZE
-        per_page = blkif.BLKIF_SEGS_PER_INDIRECT_FRAME * SEGMENT_SIZE
+        per_page = SEGMENTS_PER_INDIRECT_PAGE * SEGMENT_SIZE
         pages, release = self._map(grefs, writable=False)
         try:
             raw = b"".join(bytes(page[:min(per_page, nbytes - i * per_page)])

@@ -26,11 +26,15 @@ from pyvmm.pv import abi
 from pyvmm.pv.cstruct import Struct, Union
 
 __all__ = ["Request", "Segments", "BadRequest", "BLKIF_REQUEST_VIEWS", "BLKIF_RESPONSE_FAST",
-           "parse_segments", "indirect_frames", "SECTOR_SIZE", "SECTORS_PER_PAGE"]
+           "parse_segments", "indirect_frames", "SECTOR_SIZE", "SECTORS_PER_PAGE", "SEGMENT_SIZE",
+           "SEGMENTS_PER_INDIRECT_PAGE"]
 
 SECTOR_SIZE = 512                                   # blkif.h: sector numbers are 512-byte units
 SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR_SIZE     # so last_sect <= 7 for 4 KiB pages
 SEGMENT_SIZE = blkif.BLKIF_SEGMENT.size             # sizeof(struct blkif_request_segment) == 8
+# blkif.h, BLKIF_OP_INDIRECT: "every indirect page can contain a maximum of
+# (PAGE_SIZE / sizeof(struct blkif_request_segment)) segments" (the header names no constant)
+SEGMENTS_PER_INDIRECT_PAGE = abi.PAGE_SIZE // SEGMENT_SIZE
 
 _REQ, _SEG = blkif.BLKIF_REQUEST, blkif.BLKIF_SEGMENT
 _DISCARD, _INDIRECT = blkif.BLKIF_REQUEST_DISCARD, blkif.BLKIF_REQUEST_INDIRECT
@@ -136,7 +140,7 @@ assert BLKIF_REQUEST_VIEWS.size == _REQ.size
 
 def indirect_frames(count):
     """Indirect pages holding ``count`` segments (blkif.h: ceil(count / segments a page))."""
-    return -(-count // blkif.BLKIF_SEGS_PER_INDIRECT_FRAME)
+    return -(-count // SEGMENTS_PER_INDIRECT_PAGE)
 
 
 class Segments:

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from pyvmm.devices import blkif
-from pyvmm.devices.block.request import BLKIF_REQUEST_VIEWS, BadRequest, indirect_frames, parse_segments
+from pyvmm.devices.block.request import (BLKIF_REQUEST_VIEWS, SEGMENTS_PER_INDIRECT_PAGE, BadRequest,
+                                         indirect_frames, parse_segments)
 
 SLOT = blkif.BLKIF_REQUEST.size
 
@@ -48,5 +49,5 @@ def test_segment_arrays_parse_as_the_layout_reads_them(segs):
 
 
 def test_indirect_frames_as_blkif_h_computes_them():
-    assert blkif.BLKIF_SEGS_PER_INDIRECT_FRAME == 512
+    assert SEGMENTS_PER_INDIRECT_PAGE == 512
     assert [indirect_frames(n) for n in (1, 256, 512, 513, 4096)] == [1, 1, 1, 2, 8]

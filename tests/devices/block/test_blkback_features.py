@@ -6,7 +6,7 @@ import pytest
 
 from pyvmm.devices import blkif
 from pyvmm.devices.block import Blkback
-from pyvmm.devices.block.request import indirect_frames
+from pyvmm.devices.block.request import SEGMENTS_PER_INDIRECT_PAGE, indirect_frames
 from pyvmm.devices.xenbus import XenbusState, read_state
 from tests.devices.test_blkback import (DATA_GFN, DATA_REF, DISK, ERROR, EOPNOTSUPP, NR_DATA, OKAY, RAM,
                                         RING_REF, SECTORS, Rig, converted, disk, pattern)  # noqa: F401
@@ -28,7 +28,7 @@ def queue_indirect(fe, rid, op, sector, segs, first_page=0, nr_segments=None, gr
     last)) with its segment array written into indirect pages from ``first_page`` on."""
     raw = b"".join(blkif.BLKIF_SEGMENT.pack(gref=(p[1] if isinstance(p, tuple) else DATA_REF + p),
                                             first_sect=f, last_sect=l) for p, f, l in segs)
-    per_page = blkif.BLKIF_SEGS_PER_INDIRECT_FRAME * blkif.BLKIF_SEGMENT.size
+    per_page = SEGMENTS_PER_INDIRECT_PAGE * blkif.BLKIF_SEGMENT.size
     frames = max(1, indirect_frames(len(segs)))
     for k in range(frames):
         chunk = raw[k * per_page:(k + 1) * per_page]
