@@ -79,7 +79,8 @@ uint64_t ds_compare_pages(const uint8_t *ram, uint8_t *last, uint64_t npages,
 }
 
 /* x mod (2^64 - 59) up to one extra multiple of the prime: 2^64 = 59 (mod p).
- * For x < 2^90 two folds give a value below 2^64. */
+ * For x < 2^90 two folds give a value below 2^64: after the first, x < 2^64 + 2^32,
+ * and a second fold of such an x cannot carry out of 64 bits. */
 static inline uint64_t fold(u128 x)
 {
     x = (x >> 64) * DS_HASH_FOLD + (uint64_t)x;
@@ -87,20 +88,61 @@ static inline uint64_t fold(u128 x)
     return (uint64_t)x;
 }
 
+/* Any x < 2^128 fully reduced: the first fold leaves x < 2^71, then as above. */
+static inline uint64_t mod_prime(u128 x)
+{
+    uint64_t r = fold((x >> 64) * DS_HASH_FOLD + (uint64_t)x);
+    return r >= DS_HASH_PRIME ? r - DS_HASH_PRIME : r;
+}
+
+/* The hash as a weighted sum: limb i of a block of HASH_BLOCK limbs has the weight
+ * 2^(64 i) mod p = 59^i mod p, so a block is sum(limb_i * weight[i]) with one
+ * independent multiply a limb (no multiply chain, unlike Horner's rule), summed
+ * without reduction and reduced once. Blocks (pages above 4 KiB) are combined by
+ * Horner's rule with 2^(64 HASH_BLOCK) mod p. The value is the same number. */
+#define HASH_BLOCK 512                   /* limbs: a 4 KiB page is one block */
+static uint64_t hash_weight[HASH_BLOCK]; /* 59^i mod p */
+static uint64_t hash_block_weight;       /* 59^HASH_BLOCK mod p */
+
+__attribute__((constructor)) static void hash_weights_init(void)
+{
+    uint64_t w = 1;
+    for (int i = 0; i < HASH_BLOCK; i++) {
+        hash_weight[i] = w;
+        w = mod_prime((u128)w * DS_HASH_FOLD);
+    }
+    hash_block_weight = w;
+}
+
+/* sum(limb_i * hash_weight[i]) for the nlimbs (<= HASH_BLOCK) limbs at q, reduced
+ * mod p. The products (each < 2^128) go into one 128-bit sum, its carries out
+ * counted in top: the sum is top 2^128 + acc, and 2^128 = 59^2 (mod p). One
+ * accumulator keeps everything in registers (add, adc, adc a limb). */
+static inline uint64_t hash_block(const uint8_t *q, uint64_t nlimbs)
+{
+    u128 acc = 0;
+    uint64_t top = 0;
+    for (uint64_t i = 0; i < nlimbs; i++) {
+        u128 p = (u128)load64(q + 8 * i) * hash_weight[i];
+        acc += p;
+        top += acc < p;
+    }
+    return mod_prime((u128)mod_prime(acc) + (u128)top * (DS_HASH_FOLD * DS_HASH_FOLD));
+}
+
 uint64_t ds_page_hash(const uint8_t *page, uint64_t page_size)
 {
-    /* Horner's rule from the top limb, four limbs a step: with B = 2^64 = 59,
-     * h*B^4 + a3*B^3 + a2*B^2 + a1*B + a0; the products of the limbs do not
-     * depend on h, so only one multiply and two folds are on the chain. */
-    const uint64_t f1 = DS_HASH_FOLD, f2 = f1 * f1, f3 = f2 * f1, f4 = f3 * f1;
-    uint64_t h = 0;
-    for (uint64_t i = page_size / 8; i >= 4; i -= 4) {
-        const uint8_t *q = page + (i - 4) * 8;
-        u128 x = (u128)h * f4 + (u128)load64(q + 24) * f3 + (u128)load64(q + 16) * f2
-                 + (u128)load64(q + 8) * f1 + load64(q);
-        h = fold(x);
+    uint64_t nlimbs = page_size / 8;
+    if (nlimbs == 0)
+        return 0;
+    uint64_t top = nlimbs % HASH_BLOCK ? nlimbs % HASH_BLOCK : HASH_BLOCK;
+    uint64_t b = nlimbs - top;                       /* first limb of the top block */
+    uint64_t h = hash_block(page + 8 * b, top);
+    while (b) {                                      /* Horner over the lower blocks */
+        b -= HASH_BLOCK;
+        h = mod_prime((u128)h * hash_block_weight + hash_block(page + 8 * b, HASH_BLOCK));
     }
-    return h >= DS_HASH_PRIME ? h - DS_HASH_PRIME : h;
+    return h;
 }
 
 void ds_hash_pages(const uint8_t *ram, uint64_t npages, uint64_t page_size, uint64_t *hashes)
