@@ -209,8 +209,11 @@ class Blkback(SplitBackend):
         per_page = SEGMENTS_PER_INDIRECT_PAGE * SEGMENT_SIZE
         pages, release = self._map(grefs, writable=False)
         try:
-            raw = b"".join(bytes(page[:min(per_page, nbytes - i * per_page)])
-                           for i, page in enumerate(pages))
+            if len(pages) == 1:                  # up to 512 segments: the common case
+                raw = bytes(pages[0][:nbytes])
+            else:
+                raw = b"".join(bytes(page[:min(per_page, nbytes - i * per_page)])
+                               for i, page in enumerate(pages))
         finally:
             release()
         return parse_segments(raw, count)
