@@ -42,6 +42,7 @@ Both backends assume a little-endian host (x86), like the guest they serve.
 """
 
 import re
+import threading
 from array import array
 
 from pyvmm.errors import MigrationError, MigrationStreamError
@@ -250,24 +251,27 @@ class CKernels:
             raise MigrationError(f"the C dirty-scan backend is not built ({_IMPORT_ERROR}); "
                                  "run `pip install -e .` or use backend='python'")
         self.ffi, self.lib = _dirtyscan.ffi, _dirtyscan.lib
+        self._local = threading.local()
+
+    def _out(self, cap):
+        """This thread's page-number buffer of at least ``cap`` entries and its cffi
+        pointer: allocated once and grown, never per scan (a scan's cost is then one
+        C call and the copy of what it found)."""
+        local = self._local
+        out = getattr(local, "out", None)
+        if out is None or len(out) < cap:
+            out = local.out = array("Q", bytes(8 * cap))
+            local.ptr = self.ffi.from_buffer("uint64_t[]", out)
+        return out, local.ptr
 
     def dirty_pages(self, bitmap, clear):
-        ffi, lib = self.ffi, self.lib
-        bits = ffi.from_buffer(bitmap, require_writable=bool(clear))
-        found = array("Q")
-        while True:
-            cap = lib.ds_bitmap_count(bits, len(bitmap)) + 64
-            out = array("Q", bytes(8 * cap))
-            got = lib.ds_bitmap_pages(bits, len(bitmap), ffi.from_buffer("uint64_t[]", out), cap,
-                                      1 if clear else 0)
-            del out[got:]
-            if got < cap and not found:
-                return out
-            if not clear:       # bits were set between count and scan: scan again
-                continue
-            found.extend(out)   # the reported bits are clear: go on with the rest
-            if got < cap:
-                return array("Q", sorted(found))
+        # Room for every bit, so one call reports them all (the C function stops at
+        # cap, which cannot happen here) and clearing is done in the same pass.
+        nbytes = len(bitmap)
+        out, ptr = self._out(8 * nbytes)
+        got = self.lib.ds_bitmap_pages(self.ffi.from_buffer(bitmap, require_writable=bool(clear)),
+                                       nbytes, ptr, 8 * nbytes, 1 if clear else 0)
+        return out[:got]
 
     def _changed(self, changed):
         return self.dirty_pages(memoryview(changed), False)

@@ -129,6 +129,30 @@ def test_hash_of_a_page_at_or_above_the_prime():
             assert DirtyScanner(backend).page_hashes(fill)[0] == expect
 
 
+@pytest.mark.parametrize("page_size", [32, 4096 - 32, 8192, 4096 + 32, 3 * 4096 + 96])
+def test_hash_of_pages_of_several_weight_blocks(page_size):
+    # the C sum weights 512 limbs (4 KiB) at a time and joins blocks by Horner's rule:
+    # partial top blocks and several blocks give the same number as Python
+    ram = os.urandom(2 * page_size) + b"\xff" * page_size
+    expect = [int.from_bytes(ram[o:o + page_size], "little") % HASH_PRIME
+              for o in range(0, len(ram), page_size)]
+    for backend in dirty_scan.BACKENDS:
+        assert list(DirtyScanner(backend, page_size=page_size).page_hashes(ram)) == expect
+
+
+def test_dirty_pages_results_do_not_share_the_scan_buffer():
+    # the C backend reuses one output buffer a thread: each result is a copy, and a
+    # larger bitmap later grows the buffer without touching earlier results
+    scanner = DirtyScanner("c")
+    first = scanner.dirty_pages(b"\x05")
+    big = bytearray(64)
+    big[63] = 0x80
+    second = scanner.dirty_pages(big, clear=True)
+    third = scanner.dirty_pages(b"\x02")
+    assert (list(first), list(second), list(third)) == ([0, 2], [511], [1])
+    assert big == bytearray(64)
+
+
 def test_changed_pages_by_hash(pair):
     ram = bytearray(os.urandom(16 * 4096))
     hashes = [s.page_hashes(ram) for s in pair]
