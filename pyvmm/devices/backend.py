@@ -170,13 +170,19 @@ class SplitBackend:
 
     # --- connection ------------------------------------------------------------------
 
-    def _connect(self, values):
-        """XenbusBackend's connect: map every ring, bind the event channel (PyvmmError refuses)."""
+    def frontend_features(self):
+        """The FRONTEND_OPTIONAL_KEYS the frontend published, with their values."""
+        values = {}
         for key in self.FRONTEND_OPTIONAL_KEYS:
             try:
                 values[key] = self.xenbus.client.read(f"{self.xenbus.peer}/{key}").decode()
             except XenstoreError:
                 pass                     # not published: the frontend does not offer it
+        return values
+
+    def _connect(self, values):
+        """XenbusBackend's connect: map every ring, bind the event channel (PyvmmError refuses)."""
+        values.update(self.frontend_features())
         self.check_frontend(values)
         refs = [(key, layout, frontend_int(values, key)) for key, layout in self.RINGS]
         remote_port = frontend_int(values, EVENT_CHANNEL_KEY)

@@ -137,6 +137,8 @@ class Blkback(SplitBackend):
                                        f"{len(self.served)} counts")
         super().restore(state)
         self.served = dict(zip(sorted(self.served), served))
+        if self.connected:      # the features the frontend negotiated (its xenstore directory
+            self.check_frontend(self.frontend_features())    # is restored); grants map afresh
 
     # --- the connection's features -----------------------------------------------------
 

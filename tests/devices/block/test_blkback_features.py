@@ -7,7 +7,7 @@ import pytest
 from pyvmm.devices import blkif
 from pyvmm.devices.block import Blkback
 from pyvmm.devices.block.request import SEGMENTS_PER_INDIRECT_PAGE, indirect_frames
-from pyvmm.devices.xenbus import XenbusState, read_state
+from pyvmm.devices.xenbus import XenbusState, read_state, write_values
 from tests.devices.test_blkback import (DATA_GFN, DATA_REF, DISK, ERROR, EOPNOTSUPP, NR_DATA, OKAY, RAM,
                                         RING_REF, SECTORS, Rig, converted, disk, pattern)  # noqa: F401
 
@@ -266,3 +266,24 @@ def test_a_destroyed_frontend_domain_leaves_a_backend_that_stops_cleanly(disk):
     rig.backs[0].stop()
     assert rig.backs[0].persistent is None and not rig.backs[0].connected
     assert rig.fronts[1].call(READ, rid=2, sector=8, segs=[(0, 0, 7)]) == OKAY
+
+
+def test_a_restored_backend_takes_up_persistent_grants_again(disk):
+    """Saved and restored (tests/devices/block/test_blkback_state.py's move), the backend
+    reads the frontend's feature-persistent again: the old kept grants were unmapped
+    with the old backend, the new one maps them afresh as requests use them."""
+    path, img = disk
+    rig = Rig(img, frontend=PERSISTENT)
+    fe, gt = rig.fe, rig.guests[0].grant_table
+    fe.page(0)[:] = b"\x42" * 4096
+    assert fe.call(WRITE, rid=1, sector=16, segs=[(0, 0, 7)]) == OKAY
+    state = rig.be.save()
+    rig.be.stop()
+    assert gt.pins(DATA_REF) == (0, 0) and dom0_mappings(rig) == 0
+    write_values(rig.xs0, rig.be.xenbus.path, {"state": int(XenbusState.Initialising)})
+    fresh = Blkback(rig.dom0, rig.xs0, rig.guests[0].domid, 51712, img)
+    fresh.restore(state)
+    assert fresh.persistent is not None and len(fresh.persistent) == 0
+    fe.page(1)[:] = bytes(4096)
+    assert fe.call(READ, rid=2, sector=16, segs=[(1, 0, 7)]) == OKAY
+    assert bytes(fe.page(1)) == b"\x42" * 4096 and gt.pins(DATA_REF + 1) == (0, 1)
