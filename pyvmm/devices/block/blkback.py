@@ -22,7 +22,7 @@ Features, as Linux's xen-blkback offers them:
   uses (data and indirect pages) is mapped writable once and kept until the
   connection ends (up to ``MAX_PERSISTENT_GRANTS``; past it, per request); without
   it each request maps its pages (a WRITE's read-only) and unmaps them before its
-  response.
+  response. A restored backend reads the frontend's choice again and maps afresh.
 
 Invariants:
 - A request is validated completely (operation, nr_segments, every segment's
@@ -30,7 +30,7 @@ Invariants:
   mappable by the frontend in the direction the operation needs, the sector range
   inside the image) before the image is touched; a bad request gets BLKIF_RSP_ERROR
   (BLKIF_RSP_EOPNOTSUPP for an operation this backend does not serve) and changes
-  nothing, neither the image nor the set of persistent grants.
+  nothing in the image or the frontend's pages.
 - Indirect pages are copied before their segments are read (the frontend cannot
   change a request after it was checked).
 - Without persistent grants, every mapping made for a request is unmapped before its
