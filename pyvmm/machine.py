@@ -30,12 +30,13 @@ from pyvmm.cpu.svm import VMEXIT_HLT, VMEXIT_INVLPG, VMEXIT_MSR, VMEXIT_SHUTDOWN
     VMEXIT_WBINVD, intercept_bit
 from pyvmm.cpu.vcpu import Vcpu
 from pyvmm.cpu.vmcs import VmcsControls
-from pyvmm.devices.block.vbd import attach_vbds, detach_vbds, open_disks, restore_vbds
+from pyvmm.devices.backend import close_all
+from pyvmm.devices.block.vbd import attach_vbds, open_disks, restore_vbds
 from pyvmm.devices.bus import IoBus
 from pyvmm.devices.cmos import Mc146818
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.net.hostnet import HostNetwork
-from pyvmm.devices.net.vif import attach_vifs, detach_vifs
+from pyvmm.devices.net.vif import attach_vifs
 from pyvmm.devices.irq import IrqLine
 from pyvmm.devices.pic import PicPair
 from pyvmm.devices.pit import I8254
@@ -514,13 +515,13 @@ class Machine:
             self.engine.close()
         vifs, self.vifs = self.vifs, []
         try:
-            detach_vifs(vifs)          # off their switches, backends stopped
+            close_all(vifs)            # off their switches, backends stopped
         finally:
             if self._own_network is not None:
                 self._own_network.close()
                 self._own_network = None
             vbds, self.vbds = self.vbds, []
-            detach_vbds(vbds)          # backends stopped, images flushed and closed
+            close_all(vbds)            # backends stopped, images flushed and closed
 
 
 def entry_controls(mmu=None):

@@ -57,10 +57,23 @@ from pyvmm.errors import MigrationError, MigrationStreamError, PyvmmError, RingE
 from pyvmm.migrate.state import StateFields
 from pyvmm.pv import abi
 
-__all__ = ["SplitBackend", "FrontendPages", "EVENT_CHANNEL_KEY", "frontend_int"]
+__all__ = ["SplitBackend", "FrontendPages", "EVENT_CHANNEL_KEY", "frontend_int", "close_all"]
 
 EVENT_CHANNEL_KEY = "event-channel"      # the frontend's unbound port (xenbus convention)
 _READ_ONLY = abi.GNTMAP_host_map | abi.GNTMAP_readonly
+
+
+def close_all(devices):
+    """Close every device in ``devices`` (vbds, vifs: the VM is going away); the first
+    error is raised after all are closed."""
+    first = None
+    for device in devices:
+        try:
+            device.close()
+        except PyvmmError as err:
+            first = first or err
+    if first is not None:
+        raise first
 
 
 def frontend_int(values, key):

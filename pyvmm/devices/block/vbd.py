@@ -36,13 +36,14 @@ write after that) so the destination opens them as the only writer, and
 from dataclasses import dataclass
 from typing import Optional
 
+from pyvmm.devices.backend import close_all
 from pyvmm.devices.block.blkback import SECTOR_SIZE, Blkback
 from pyvmm.devices.xenbus import create_device
-from pyvmm.errors import ConfigError, MigrationStreamError, PyvmmError
+from pyvmm.errors import ConfigError, MigrationStreamError
 from pyvmm.migrate.state import StateFields
 from pyvmm.storage import open_image
 
-__all__ = ["DiskSpec", "Vbd", "open_disks", "attach_vbds", "detach_vbds", "restore_vbds", "check_disk_state",
+__all__ = ["DiskSpec", "Vbd", "open_disks", "attach_vbds", "restore_vbds", "check_disk_state",
            "vbd_devid", "vbd_name", "MAX_DISKS"]
 
 XVD_MAJOR = 202            # docs/misc/vbd-interface.txt: xvd disks, major 202, 16 minors each
@@ -209,23 +210,11 @@ def attach_vbds(pv, images, start=True):
         for index, image in enumerate(images):
             vbds.append(Vbd(pv.dom0, pv.xs, pv.guest.domid, index, image, start=start))
     except BaseException:
-        detach_vbds(vbds)
+        close_all(vbds)
         for image in images[len(vbds):]:
             image.close()
         raise
     return vbds
-
-
-def detach_vbds(vbds):
-    """Close every Vbd (the VM is going away); the first error is raised after all closed."""
-    first = None
-    for vbd in vbds:
-        try:
-            vbd.close()
-        except PyvmmError as err:
-            first = first or err
-    if first is not None:
-        raise first
 
 
 def restore_vbds(pv, states, where="snapshot"):

@@ -28,13 +28,14 @@ is idempotent.
 from dataclasses import dataclass
 from typing import Optional
 
+from pyvmm.devices.backend import close_all
 from pyvmm.devices.net.endpoint import parse_hostport
 from pyvmm.devices.net.ethernet import format_mac, is_group, parse_mac
 from pyvmm.devices.net.netback import Netback
 from pyvmm.devices.xenbus import create_device
-from pyvmm.errors import ConfigError, PyvmmError
+from pyvmm.errors import ConfigError
 
-__all__ = ["NetSpec", "Vif", "attach_vifs", "detach_vifs", "default_mac", "MAX_VIFS"]
+__all__ = ["NetSpec", "Vif", "attach_vifs", "default_mac", "MAX_VIFS"]
 
 MAX_VIFS = 16
 _SWITCH_KEYS = ("mac",)
@@ -150,18 +151,8 @@ def attach_vifs(pv, specs, network):
             mac = spec.mac or default_mac(spec, domid, devid)
             vifs.append(Vif(pv.dom0, pv.xs, domid, devid, mac, switch))
     except BaseException:
-        detach_vifs(vifs)
+        close_all(vifs)
         raise
     return vifs
 
 
-def detach_vifs(vifs):
-    """Close every Vif (the VM is going away); the first error is raised after all closed."""
-    first = None
-    for vif in vifs:
-        try:
-            vif.close()
-        except PyvmmError as err:
-            first = first or err
-    if first is not None:
-        raise first
