@@ -16,6 +16,8 @@ from pyvmm.devices.xenbus import XenbusState, read_state
 from pyvmm.errors import BadImageError, ConfigError
 from pyvmm.machine import Machine, VmConfig
 
+from ..frontend_cli import assert_boot_refused
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BLKFRONT = os.path.join(ROOT, "guests", "build", "blkfront.elf")
 DISK_MIB = 4
@@ -202,13 +204,7 @@ def test_second_disk_gets_its_own_nodes_and_backend(tmp_path):
 ])
 def test_bad_disk_argument_exits_2_with_one_line(tmp_path, arg, problem):
     disk = make_disk(tmp_path, "raw")
-    arg = arg.format(disk=disk, tmp=tmp_path)
-    result = subprocess.run([sys.executable, "-m", "pyvmm.cli", "boot", "--pv", BLKFRONT, "--disk", arg],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert result.returncode == 2, result.stderr
-    assert result.stdout == ""
-    [line] = result.stderr.splitlines()
-    assert line.startswith("pyvmm: ") and problem in line
+    assert_boot_refused(BLKFRONT, "--disk", arg.format(disk=disk, tmp=tmp_path), problem)
 
 
 def test_disk_needs_pv():
