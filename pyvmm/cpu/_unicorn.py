@@ -117,7 +117,14 @@ def _bind():
 
 @ffi.def_extern(onerror=lambda exc, val, tb: _hook_error(exc, val, tb))
 def pv_exit(v, kind, a, b, c):
-    return ffi.from_handle(v.handle).on_exit(kind, a, b, c)
+    engine = ffi.from_handle(v.handle)
+    # Instruction hooks run inside a translated block; interrupts (exceptions and
+    # intercepts) and invalid instructions reach the hook outside one.
+    engine.in_block = kind != PV_INTR and kind != PV_INVALID
+    try:
+        return engine.on_exit(kind, a, b, c)
+    finally:
+        engine.in_block = False
 
 
 _pending_errors = {}
@@ -287,8 +294,8 @@ class Engine:
         self._kicked = False
         self.on_exit = None             # callable(kind, a, b, c) -> int, set by the Vcpu
         self.kicks = 0                  # kick() calls: a run they ended may have made no progress
-        # Set by the vCPU while it handles an exit from an instruction hook, i.e. inside
-        # a translated block. Changing the engine's memory map or dropping translated
+        # True while an exit from an instruction hook (inside a translated block) is
+        # handled (pv_exit sets it). Changing the engine's memory map or dropping translated
         # code there corrupts the block being run (measured: a grant unmap from a
         # SYSCALL-hook hypercall left the guest with a #GP), so such changes wait in
         # _deferred, the engine stops after the hook, and run() makes them first.

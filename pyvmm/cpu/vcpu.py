@@ -291,8 +291,6 @@ class Vcpu:
             return 0
         if self._rewind is not None:    # an I/O fault is being undone (see _io_fault)
             return self._ignored_exit(kind, b)
-        # Instruction hooks run inside a translated block: engine changes wait (Engine.in_block).
-        self.engine.in_block = kind != PV_INTR and kind != PV_INVALID
         try:
             self.engine.invalidate()      # the guest ran since the last look at CRs/EFER
             if self._flush_root_tlb:
@@ -351,8 +349,6 @@ class Vcpu:
             self.request_stop(3, f"VMM error while handling an exit: {e!r}")
             self.crash_traceback = traceback.format_exc()
             return 0
-        finally:
-            self.engine.in_block = False
 
     def _dispatch(self, ex, in_block):
         """Handle one exit inside an engine hook (the C path accounts its time)."""
