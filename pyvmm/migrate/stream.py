@@ -20,7 +20,9 @@ Invariants:
   data buffer as it is (no join, no Page object a page) and a reader hands out
   ``entries()`` over its one payload buffer. The arrays are in host byte order, which
   is the wire's little-endian on the x86 hosts pyvmm runs on.
-- A stream of an older version than FORMAT_VERSION is refused, as a newer one is.
+- A stream of a version older than OLDEST_VERSION is refused, as a newer one than
+  FORMAT_VERSION is; a version-2 stream is read as it was written (its record types:
+  a VIF record in it is an unknown type).
 - Reads are incremental: the reader asks the source for exactly the bytes it needs
   next (``read(n)`` of a file, or ``recv`` of a socket), and never more than
   MAX_PAYLOAD bytes for one record, whatever a corrupted length says.
@@ -37,7 +39,8 @@ from pyvmm.migrate.dirty_scan import DirtyScanner
 from pyvmm.mm.layout import PAGE_SIZE
 
 MAGIC = b"\x89PYVMMS\n"     # high bit and newline catch 7-bit and text-mode damage
-FORMAT_VERSION = 2          # 2: MEMORY entries as arrays (docs/migration-stream.md, "Versions")
+FORMAT_VERSION = 3          # 2: MEMORY entries as arrays; 3: the VIF record (docs/migration-stream.md, "Versions")
+OLDEST_VERSION = 2          # the oldest version a reader still takes
 MAX_PAYLOAD = 64 << 20       # bytes; a longer record is refused before it is read
 MAX_DEPTH = 32               # nesting of lists/maps in a state value
 
@@ -58,6 +61,7 @@ class RecordType(IntEnum):
     EVENT_CHANNELS = 5
     XENSTORE = 6
     DISK = 7
+    VIF = 8             # from version 3
 
 
 class PageEncoding(IntEnum):
@@ -175,6 +179,11 @@ class XenstoreRecord:
 
 @dataclass(frozen=True)
 class DiskRecord:
+    state: dict
+
+
+@dataclass(frozen=True)
+class VifRecord:
     state: dict
 
 
@@ -448,6 +457,8 @@ def _encode(record):
         return RecordType.XENSTORE, _encode_xenstore(record.nodes)
     if isinstance(record, DiskRecord):
         return RecordType.DISK, _state(record.state, "DISK record")
+    if isinstance(record, VifRecord):
+        return RecordType.VIF, _state(record.state, "VIF record")
     if isinstance(record, EndRecord):
         return RecordType.END, b""
     raise MigrationStreamError(f"cannot write a {type(record).__name__} as a migration record")
@@ -462,7 +473,9 @@ _DECODERS = {
     RecordType.EVENT_CHANNELS: lambda p: EventChannelsRecord(p.uint(2), p.state_map()),
     RecordType.XENSTORE: _decode_xenstore,
     RecordType.DISK: lambda p: DiskRecord(p.state_map()),
+    RecordType.VIF: lambda p: VifRecord(p.state_map()),
 }
+_FIRST_VERSION = {RecordType.VIF: 3}      # record types a version before this does not have
 
 
 # --- framing ---------------------------------------------------------------------
@@ -539,10 +552,10 @@ class StreamReader:
                                        f"pyvmm reads (up to {FORMAT_VERSION}); upgrade the receiver")
         if version < 1:
             raise MigrationStreamError(f"{name}: stream format version {version} does not exist")
-        if version < FORMAT_VERSION:
+        if version < OLDEST_VERSION:
             raise MigrationStreamError(f"{name}: stream format version {version} is older than this "
-                                       f"pyvmm reads ({FORMAT_VERSION}): it was written by an older "
-                                       f"pyvmm; restore it with that one")
+                                       f"pyvmm reads ({OLDEST_VERSION} to {FORMAT_VERSION}): it was "
+                                       f"written by an older pyvmm; restore it with that one")
         self.version = version
         self._crc = crc
         self._index = 0
@@ -591,7 +604,7 @@ class StreamReader:
             raise MigrationStreamError(f"{where}: crc32 mismatch (stored {stored:#010x}, computed "
                                        f"{crc:#010x}): the record is corrupted, or one before it "
                                        f"is missing or out of order")
-        if rtype not in _DECODERS:
+        if rtype not in _DECODERS or self.version < _FIRST_VERSION.get(rtype, OLDEST_VERSION):
             raise MigrationStreamError(f"{where}: unknown record type {rtype} in a version "
                                        f"{self.version} stream")
         p = _Payload(payload, where)

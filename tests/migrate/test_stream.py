@@ -102,13 +102,25 @@ def _crafted(*records, version=S.FORMAT_VERSION):
 
 
 def test_newer_version_is_refused():
-    msg = _err(_crafted((S.RecordType.END, b""), version=3), "version 3 is newer")
-    assert "up to 2" in msg
+    msg = _err(_crafted((S.RecordType.END, b""), version=S.FORMAT_VERSION + 1),
+               f"version {S.FORMAT_VERSION + 1} is newer")
+    assert f"up to {S.FORMAT_VERSION}" in msg
 
 
 def test_version_1_stream_is_refused_as_older():
     msg = _err(_crafted((S.RecordType.END, b""), version=1), "version 1 is older than this pyvmm reads")
-    assert "(2)" in msg
+    assert f"(2 to {S.FORMAT_VERSION})" in msg
+
+
+def test_a_version_2_stream_is_still_read_but_holds_no_vif_record():
+    disk = S.DiskRecord({"path": "a"})
+    payload = S.encode_value({"path": "a"})
+    assert S.read_stream(io.BytesIO(_crafted((S.RecordType.DISK, bytes(payload)), (S.RecordType.END, b""),
+                                             version=2))) == [disk]
+    _err(_crafted((S.RecordType.VIF, bytes(payload)), (S.RecordType.END, b""), version=2),
+         "unknown record type 8 in a version 2 stream")
+    vif = S.VifRecord({"kind": "udp", "devid": 0})
+    assert S.read_stream(io.BytesIO(_stream([vif]))) == [vif]
 
 
 def test_not_a_stream_and_damaged_header():
