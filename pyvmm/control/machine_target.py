@@ -231,16 +231,17 @@ class _MachineSource:
         self._machine.drain_backends()      # their RAM writes go into the final round
 
     def resume(self):
-        for vbd in self._machine.vbds:      # the destination did not take the images
-            vbd.reclaim()
+        # the destination did not take the images and addresses: open and bind them again
+        problems = self._machine.reclaim_backends()
         if self._paused and not self._was_paused:
             self._paused = False
             self._target._start_vcpu()
+        if problems:                        # the VM runs, but says what it lost
+            raise PyvmmError("; ".join(problems))
 
     def save_devices(self):
         state = self._machine.save_state()
-        for vbd in self._machine.vbds:      # flushed by the save; the destination opens them next
-            vbd.release()
+        self._machine.release_backends()    # images flushed by the save; the destination opens them next
         return state
 
     def config(self):
