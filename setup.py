@@ -14,7 +14,7 @@ setup(
     ],
     extras_require={"test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"]},
     cffi_modules=["csrc/exitpath_build.py:ffibuilder", "csrc/dirtyscan_build.py:ffibuilder",
-                   "csrc/unlz4_build.py:ffibuilder"],
+                   "csrc/unlz4_build.py:ffibuilder", "csrc/pagewalk_build.py:ffibuilder"],
     entry_points={"console_scripts": ["pyvmm = pyvmm.cli:main"]},
     include_package_data=True,
 )

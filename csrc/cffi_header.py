@@ -8,6 +8,8 @@ line dropped. The declarations are thus written once, in the header.
 import os
 import re
 
+from cffi import FFI
+
 
 def header_cdef(path, prefix):
     text = open(path).read()
@@ -20,3 +22,13 @@ def header_cdef(path, prefix):
 def compile_here(ffibuilder, here):
     """Build the module in place (python3 csrc/NAME_build.py), as setup.py would."""
     ffibuilder.compile(tmpdir=os.path.join(here, "..", "build", "cffi"), verbose=False)
+
+
+def module_builder(here, stem, prefix, opt="-O2"):
+    """The FFI that builds ``pyvmm._<stem>`` from ``<stem>.c``, declared by ``<stem>.h``
+    (its ``prefix`` constants taken from the compiled header)."""
+    ffibuilder = FFI()
+    ffibuilder.cdef(header_cdef(os.path.join(here, stem + ".h"), prefix))
+    with open(os.path.join(here, stem + ".c")) as f:
+        ffibuilder.set_source("pyvmm._" + stem, f.read(), include_dirs=[here], extra_compile_args=[opt])
+    return ffibuilder

@@ -6,17 +6,11 @@ The declarations are taken from dirtyscan.h itself through csrc/cffi_header.py
 import os
 import sys
 
-from cffi import FFI
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from cffi_header import compile_here, header_cdef  # noqa: E402
+from cffi_header import compile_here, module_builder  # noqa: E402
 
-ffibuilder = FFI()
-ffibuilder.cdef(header_cdef(os.path.join(HERE, "dirtyscan.h"), "DS_"))
-with open(os.path.join(HERE, "dirtyscan.c")) as f:
-    ffibuilder.set_source("pyvmm._dirtyscan", f.read(), include_dirs=[HERE],
-                          extra_compile_args=["-O3"])
+ffibuilder = module_builder(HERE, "dirtyscan", "DS_", opt="-O3")
 
 if __name__ == "__main__":
     compile_here(ffibuilder, HERE)

@@ -7,9 +7,14 @@ EFER (SDM Vol. 3A, chapter 4): no paging, 32-bit (with PSE 4 MiB pages), PAE, an
 4-level (IA-32e). A walk that fails raises GuestFault(#PF) with the error code the
 hardware would push (SDM Vol. 3A, 4.7). Accessed/dirty bits are not set by these
 VMM-side walks.
+
+A 4-level walk over GuestMemory is first tried in C (csrc/pagewalk.c, the same
+checks): it answers only walks that succeed; a fault, a table outside RAM, and a
+walk that records its path are done here, which also makes every #PF's error code.
 """
 
 from pyvmm.cpu.state import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA, EFER_NXE
+from pyvmm._pagewalk import ffi as _ffi, lib as _c
 from pyvmm.errors import GuestFault, GuestMemoryError
 
 PF = 14
@@ -18,7 +23,8 @@ PTE_NX = 1 << 63
 # #PF error code bits (SDM Vol. 3A, Figure 4-12)
 PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD, PFEC_I = 1, 2, 4, 8, 16
 ADDR_MASK_4K = 0x000F_FFFF_FFFF_F000
-MAXPHYADDR = 40          # the emulated CPU's physical-address width
+MAXPHYADDR = _c.PW_MAXPHYADDR     # the emulated CPU's physical-address width (40)
+_gpa_out = _ffi.new("uint64_t *")
 
 
 class Paging:
@@ -41,6 +47,14 @@ def translate(mem, paging, vaddr, write=False, user=False, fetch=False, path=Non
     and dirty bits through it and learns which guest frames are page tables)."""
     if not paging.cr0 & CR0_PG:
         return vaddr & 0xFFFF_FFFF
+    if paging.efer & EFER_LMA and path is None:
+        ram = getattr(mem, "host_address", None)
+        if ram is not None and not _c.pw_translate64(
+                ram, mem.size, paging.cr3, vaddr & 0xFFFF_FFFF_FFFF_FFFF,
+                (write and _c.PW_WRITE) | (user and _c.PW_USER) | (fetch and _c.PW_FETCH)
+                | (_c.PW_WP if paging.cr0 & CR0_WP else 0) | (_c.PW_NXE if paging.efer & EFER_NXE else 0),
+                _gpa_out):
+            return _gpa_out[0]
     # I/D is only reported with SMEP or PAE-format NX (SDM Vol. 3A, 4.7)
     fetch_id = fetch and bool(paging.cr4 & CR4_SMEP or (paging.cr4 & CR4_PAE and paging.efer & EFER_NXE))
     rsvd_hi = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)   # bits 51:MAXPHYADDR; 62:52 are ignored

@@ -6,6 +6,10 @@ generated accesses use, pointing at other tables (shared subtables), at their ow
 Each access (read/write/fetch, user/supervisor) must translate to the same physical address
 or fault with the same #PF error code and CR2 in both walkers.
 
+pagewalk.py walks 4-level tables in C first (csrc/pagewalk.c) and in Python when the C
+walk declines (a fault) or a path is recorded: the property test also checks that the C walk
+answers exactly the accesses that translate, with the Python walk's address.
+
 The reference walker is pinned first by hand-built cases, each one a rule of the SDM
 (Vol. 3A, 4.5-4.7), so that the property test compares against something known good.
 """
@@ -16,6 +20,7 @@ from hypothesis import strategies as st
 from pyvmm.errors import GuestFault
 from pyvmm.mm import refwalk
 from pyvmm.mm.memory import GuestMemory
+from pyvmm._pagewalk import ffi as c_ffi, lib as c_walk
 from pyvmm.mm.pagewalk import MAXPHYADDR, Paging, translate
 from pyvmm.mm.refwalk import (CR0_PG, CR0_WP, CR4_PAE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE, P, PS,
                               RFLAGS_AC, RW, US, XD, Access, Cpu, Fault, walk)
@@ -205,3 +210,26 @@ def test_pagewalk_agrees_with_reference(mem, scenario):
             continue                                           # no such access
         assert pagewalk_result(mem, c, va, write, user, fetch) == reference_result(mem, c, va, write, user, fetch), \
             f"va={va:#x} write={write} user={user} fetch={fetch} cpu={c}"
+        python_only = translate(mem, Paging(c.cr0, c.cr3, c.cr4, c.efer), va, write=write, user=user,
+                                fetch=fetch, path=[]) if not isinstance(reference_result(
+                                    mem, c, va, write, user, fetch), Fault) else None
+        assert c_walk_result(mem, c, va, write, user, fetch) == python_only, f"C walk, va={va:#x}"
+
+
+def c_walk_result(mem, c, va, write, user, fetch):
+    """The C walk's address, or None where it leaves the walk to Python."""
+    out = c_ffi.new("uint64_t *")
+    flags = ((write and c_walk.PW_WRITE) | (user and c_walk.PW_USER) | (fetch and c_walk.PW_FETCH)
+             | (c_walk.PW_WP if c.cr0 & CR0_WP else 0) | (c_walk.PW_NXE if c.efer & EFER_NXE else 0))
+    status = c_walk.pw_translate64(mem.host_address, mem.size, c.cr3, va, flags, out)
+    return out[0] if status == c_walk.PW_OK else None
+
+
+def test_c_walk_answers_a_plain_4k_walk_and_declines_a_fault(mem):
+    map_4k(mem, 0x7F12_3456_7000, 0x10_0000, P | RW | US)
+    assert c_walk_result(mem, cpu(), 0x7F12_3456_7ABC, False, True, False) == 0x10_0ABC
+    map_4k(mem, 0x7F12_3456_7000, 0x10_0000, P | US)               # read-only: a write faults
+    assert c_walk_result(mem, cpu(), 0x7F12_3456_7ABC, True, False, False) is None
+    with pytest.raises(GuestFault) as fault:                     # and Python makes the #PF
+        translate(mem, Paging(LONG["cr0"] | CR0_WP, 0x1000, CR4_PAE, LONG["efer"]), 0x7F12_3456_7ABC, write=True)
+    assert (fault.value.error_code, fault.value.cr2) == (0b011, 0x7F12_3456_7ABC)
