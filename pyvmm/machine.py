@@ -36,7 +36,7 @@ from pyvmm.devices.bus import IoBus
 from pyvmm.devices.cmos import Mc146818
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.net.hostnet import HostNetwork
-from pyvmm.devices.net.vif import attach_vifs
+from pyvmm.devices.net.vif import attach_vifs, check_vif_state, restore_vifs
 from pyvmm.devices.irq import IrqLine
 from pyvmm.devices.pic import PicPair
 from pyvmm.devices.pit import I8254
@@ -44,7 +44,7 @@ from pyvmm.devices.power import PowerControl
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sysctl import SystemControlB
 from pyvmm.cpu.vcpu import check_vcpu_state
-from pyvmm.errors import ConfigError, MigrationStreamError
+from pyvmm.errors import ConfigError, MigrationStreamError, PyvmmError
 from pyvmm.migrate import snapshot
 from pyvmm.mm.dirty_log import DirtyLog
 from pyvmm.mm.ept import EptMmu, EptTable
@@ -302,9 +302,6 @@ class Machine:
             raise ConfigError("cannot save a VM that has already stopped")
         if self.vcpu._started and not self.vcpu.paused:
             raise ConfigError("cannot save a running VM: pause it first (vcpu.request_pause())")
-        if getattr(self, "vifs", None):
-            raise ConfigError("cannot save a PV guest with network interfaces: netback's rings "
-                              "are not in the snapshot format yet")
 
     def snapshot_config(self):
         """What a VM is rebuilt from (snapshot.CONFIG_FIELDS), as plain values."""
@@ -314,22 +311,51 @@ class Machine:
                 "rdtsc_exiting": c.rdtsc_exiting, "pv": c.pv}
 
     def drain_backends(self):
-        """Serve the requests already on the disks' rings (the VM is paused): their
-        writes into guest RAM happen now, before the last dirty log is read."""
+        """Serve the requests already on the disks' and vifs' rings (the VM is paused):
+        their writes into guest RAM happen now, before the last dirty log is read (a
+        vif's frames leave now too)."""
         for vbd in self.vbds:
             vbd.blkback.process()
+        for vif in self.vifs:
+            vif.netback.process()
+
+    def release_backends(self):
+        """After the device state went to a live migration's destination: close the
+        disks' images (flushed) and let go of UDP vifs' local addresses, which the
+        destination opens and binds next."""
+        for vbd in self.vbds:
+            vbd.release()
+        for vif in self.vifs:
+            vif.release()
+
+    def reclaim_backends(self):
+        """Undo release_backends (the migration failed; the VM runs on here): the images
+        are opened again (an error raises), the vifs' addresses bound again. Returns
+        what could not be bound (the vif then drops its frames) as messages."""
+        for vbd in self.vbds:
+            vbd.reclaim()
+        problems = []
+        for vif in self.vifs:
+            try:
+                vif.reclaim()
+            except PyvmmError as err:
+                problems.append(str(err))
+        return problems
 
     def save_state(self):
         """The paused VM's state apart from RAM, as plain values (live migration's
         device map): {"vcpu": Vcpu.save(), "devices": {name: device.save()}}, and for a
         PV guest "pv": {"platform", "grant_table", "event_channels", "xenstore"}
-        (PvPlatform.save() and save_domain()) and "disks" (Vbd.save() each: their
-        requests served first, the images flushed)."""
+        (PvPlatform.save() and save_domain()), "disks" (Vbd.save() each: their
+        requests served first, the images flushed) and "vifs" (Vif.save() each: the tx
+        requests on their rings served first)."""
         self._check_saveable()
         disks = [vbd.save() for vbd in self.vbds]
+        vifs = [vif.save() for vif in self.vifs]
         state = {"vcpu": self.vcpu.save(), "devices": snapshot.save_devices(self.platform.devices())}
         if self.pv is not None:
             state["disks"] = disks
+            state["vifs"] = vifs
             grants, channels, nodes = self.pv.save_domain()
             state["pv"] = {"platform": self.pv.save(), "grant_table": grants, "event_channels": channels,
                            "xenstore": [list(node) for node in nodes]}
@@ -349,6 +375,7 @@ class Machine:
             snap.event_channels = {domid: pv["event_channels"]}
             snap.xenstore = [tuple(node) for node in pv["xenstore"]]
             snap.disks = state["disks"]
+            snap.vifs = state["vifs"]
         return snap
 
     def save(self, path):
@@ -377,13 +404,13 @@ class Machine:
                                            f"and the XENSTORE record")
             pv = {"platform": devices.pop(PV_DEVICE), "grant_table": snap.grant_tables[domids[0]],
                   "event_channels": snap.event_channels[domids[0]], "xenstore": snap.xenstore}
-        elif snap.grant_tables or snap.event_channels or snap.xenstore is not None or snap.disks:
-            raise MigrationStreamError("snapshot: carries PV (grant/event channel/xenstore/disk) state, but its "
-                                       "config is not a PV guest's")
+        elif snap.grant_tables or snap.event_channels or snap.xenstore is not None or snap.disks or snap.vifs:
+            raise MigrationStreamError("snapshot: carries PV (grant/event channel/xenstore/disk/vif) state, but "
+                                       "its config is not a PV guest's")
         machine = cls._build(snap.config, snap.ram_size, console, stdin)
         try:
             snapshot.restore_memory(machine.memory, snap)
-            machine._restore_state(snap.vcpus[0], devices, pv, snap.disks)
+            machine._restore_state(snap.vcpus[0], devices, pv, snap.disks, snap.vifs)
         except BaseException:
             machine.close()
             raise
@@ -433,13 +460,13 @@ class Machine:
     def finish_migration(self, state):
         """Put the source's save_state() into a Machine from for_migration whose RAM now
         holds the guest's pages; the VM is then ready to run."""
-        keys = {"vcpu", "devices"} | ({"pv", "disks"} if self.pv is not None else set())
+        keys = {"vcpu", "devices"} | ({"pv", "disks", "vifs"} if self.pv is not None else set())
         if not isinstance(state, dict) or set(state) != keys or not isinstance(state["devices"], dict) \
-                or not isinstance(state.get("disks", []), list):
+                or not isinstance(state.get("disks", []), list) or not isinstance(state.get("vifs", []), list):
             raise MigrationStreamError(f"migration: the VM state must be a map with exactly "
-                                       f"{sorted(keys)} (devices a map, disks a list)")
+                                       f"{sorted(keys)} (devices a map, disks and vifs lists)")
         self._restore_state(state["vcpu"], state["devices"], state.get("pv"), state.get("disks", []),
-                            where="migration")
+                            state.get("vifs", []), where="migration")
 
     @classmethod
     def _build(cls, c, ram_size, console, stdin, where="snapshot"):
@@ -450,21 +477,32 @@ class Machine:
                           pv=c.get("pv", False), console=console, stdin=stdin)
         return cls(config)
 
-    def _restore_state(self, vcpu_state, device_states, pv_state, disk_states=(), where="snapshot"):
-        """Devices, PV platform, disks and vCPU of a freshly built Machine whose RAM holds
-        the guest's pages; checked before they change (a refusal raises
-        MigrationStreamError and the caller closes the Machine). The disks' images are
-        opened here, once the source has let go of them (shared storage: the same path);
-        their backends are made before the guest's xenstore home comes back (unstarted,
-        so its nodes fire none of their watches) and take up their connections after."""
+    def _restore_state(self, vcpu_state, device_states, pv_state, disk_states=(), vif_states=(),
+                       where="snapshot"):
+        """Devices, PV platform, disks, vifs and vCPU of a freshly built Machine whose RAM
+        holds the guest's pages; checked before they change (a refusal raises
+        MigrationStreamError, or MigrationError for an image or address that cannot be
+        had, and the caller closes the Machine, which closes what was opened or bound).
+        The disks' images are opened and the vifs' UDP addresses bound here, once the
+        source has let go of them (shared storage: the same path; one host: the same
+        port); their backends are made before the guest's xenstore home comes back
+        (unstarted, so its nodes fire none of their watches) and take up their
+        connections after (a vif then announces its MAC)."""
         check_vcpu_state(vcpu_state)
         snapshot.restore_devices(self.platform.devices(), device_states)
         if self.pv is not None:
             pv = snapshot.check_pv_state(pv_state)
+            for state in vif_states:        # every record checked before a disk is opened or a port bound
+                check_vif_state(state, where)
             self.vbds = restore_vbds(self.pv, disk_states, where)
+            if vif_states:
+                self._own_network = self.platform.network = HostNetwork()
+                self.vifs = restore_vifs(self.pv, vif_states, self._own_network, where)
             released = self.pv.restore(pv["platform"], pv["grant_table"], pv["event_channels"], pv["xenstore"])
             for vbd, state in zip(self.vbds, disk_states):
                 vbd.restore(state, where)
+            for vif, state in zip(self.vifs, vif_states):
+                vif.restore(state, where)
             if released:
                 self.vcpu.frames_removed(released)
         self.vcpu.restore(vcpu_state, entry_controls(self.mmu))

@@ -3,11 +3,11 @@
 Responsibility: the conversation on top of the record stream (docs/migration-stream.md,
 section "Live migration session"), shared by ``precopy`` (source) and ``receiver``:
 
-- source -> destination: one version-2 stream: ``migration/begin`` (RAM size, page
+- source -> destination: one stream (version 3): ``migration/begin`` (RAM size, page
   size, the VM's config), MEMORY records of round 1, a ``migration/round`` marker,
   further rounds each closed by a marker, the last one flagged ``final`` (sent while
   the source is paused), ``migration/devices`` (the paused VM's device state), END.
-- destination -> source: one version-2 stream holding one ``migration/result``
+- destination -> source: one stream (version 3) holding one ``migration/result``
   record (``ok``, ``error``, the receiver's counts) and END, written after the
   destination has taken the VM (``ok`` true) or refused it.
 
@@ -26,8 +26,8 @@ import socket
 from pyvmm.errors import MigrationError, MigrationStreamError
 from pyvmm.migrate.stream import DeviceRecord, decode_value, encode_value, read_stream, write_stream
 
-PROTOCOL = 3                     # the session protocol described above (2: "pv" in the config, PV state;
-                                 # 3: "disks" in a PV guest's device map)
+PROTOCOL = 4                     # the session protocol described above (2: "pv" in the config, PV state;
+                                 # 3: "disks" in a PV guest's device map; 4: "vifs" there too)
 BEGIN = "migration/begin"        # {"protocol", "page_size", "page_count", "config"}
 ROUND = "migration/round"        # {"round", "pages", "final"}
 DEVICES = "migration/devices"    # {"devices"}: the map SourceVm.save_devices() returned

@@ -8,7 +8,8 @@ know how a component builds its state: the VMM hands in plain values (``save()``
 each component) and gets the same values back.
 
 Layout (all in one stream of the current version): the ``snapshot/config`` DEVICE record first
-(snapshot format, VM config, RAM size); then DISK records (one per attachment), VCPU
+(snapshot format, VM config, RAM size); then DISK records (one per attachment), VIF
+records (one per network interface), VCPU
 records, MEMORY records with every page that is not all zeros (a page no entry names
 is zero), one DEVICE record per device (blob: one state value, a map), GRANT_TABLE
 and EVENT_CHANNELS records of a PV guest's domain, at most one XENSTORE record (that
@@ -31,17 +32,19 @@ import tempfile
 from dataclasses import dataclass, field
 
 from pyvmm.devices.block.vbd import check_disk_state
+from pyvmm.devices.net.vif import check_vif_state
 from pyvmm.errors import MigrationError, MigrationStreamError
 from pyvmm.migrate.dirty_scan import DirtyScanner
 from pyvmm.migrate.state import StateFields
 from pyvmm.migrate.stream import (DeviceRecord, DiskRecord, EventChannelsRecord, GrantTableRecord,
-                                  MemoryRecord, PageEncoding, VcpuRecord, XenstoreNode,
+                                  MemoryRecord, PageEncoding, VcpuRecord, VifRecord, XenstoreNode,
                                   XenstoreRecord, decode_value, encode_value, read_stream,
                                   write_stream)
 from pyvmm.mm.layout import PAGE_SIZE
 
-SNAPSHOT_FORMAT = 3              # the layout above; a reader refuses a newer one (2: "pv" in the config,
-                                 # 3: DISK records carry the attachment's backend: docs/migration-stream.md)
+SNAPSHOT_FORMAT = 4              # the layout above; a reader refuses a newer one (2: "pv" in the config,
+                                 # 3: DISK records carry the attachment's backend, 4: VIF records:
+                                 # docs/migration-stream.md)
 CONFIG = "snapshot/config"       # the DEVICE record that opens a snapshot
 CONFIG_FIELDS = ("kernel", "initrd", "cmdline", "mmu", "exception_bitmap", "rdtsc_exiting", "pv")
 PV_STATE_KEYS = ("platform", "grant_table", "event_channels", "xenstore")
@@ -61,6 +64,7 @@ class Snapshot:
     vcpus: dict                                     # vcpu id -> Vcpu.save()
     devices: dict                                   # device name -> device.save()
     disks: list = field(default_factory=list)       # Vbd.save() each: path, format, readonly, devid, sectors, backend
+    vifs: list = field(default_factory=list)        # Vif.save() each: kind, switch, local, remote, mac, devid, backend
     grant_tables: dict = field(default_factory=dict)     # domid -> GrantTable.save()
     event_channels: dict = field(default_factory=dict)   # domid -> EventChannels.save()
     xenstore: list = None                           # Xenstore.save(): (path, value, perms) list
@@ -91,6 +95,9 @@ def snapshot_records(snap):
     for disk in snap.disks:
         check_disk(disk)
         yield DiskRecord(disk)
+    for vif in snap.vifs:
+        check_vif(vif)
+        yield VifRecord(vif)
     if not snap.vcpus:
         raise MigrationError("snapshot: a VM needs at least one vCPU state")
     for vcpu_id, state in sorted(snap.vcpus.items()):
@@ -158,7 +165,13 @@ def check_disk(disk, where="snapshot"):
     check_disk_state(disk, where)
 
 
-def _read_config(record, where, disk_records=False):
+def check_vif(vif, where="snapshot"):
+    """A VIF record's state map (devices/net/vif.py: kind, switch, local, remote, mac,
+    devid, backend); the backend's map is checked when it is restored."""
+    check_vif_state(vif, where)
+
+
+def _read_config(record, where, disk_records=False, vif_records=False):
     if not isinstance(record, DeviceRecord) or record.name != CONFIG:
         what = record.name if isinstance(record, DeviceRecord) else type(record).__name__
         raise MigrationStreamError(f"{where}: not a VM snapshot (the first record is {what}, "
@@ -175,6 +188,8 @@ def _read_config(record, where, disk_records=False):
     rest = {k: v for k, v in config.items() if k not in ("format", "ram_size")}
     if version < 3 and disk_records:  # formats 1 and 2 never held a disk (their saves refused one)
         raise MigrationStreamError(f"{where}: snapshot format {version} with DISK records")
+    if version < 4 and vif_records:   # nor formats 1 to 3 a vif
+        raise MigrationStreamError(f"{where}: snapshot format {version} with VIF records")
     if version == 1:                  # format 1 had no PV guests
         if "pv" in rest:
             raise MigrationStreamError(f"{where}: snapshot format 1 with a 'pv' config field")
@@ -213,7 +228,8 @@ def read_snapshot(src, name="snapshot"):
     records = read_stream(src, name)
     if not records:
         raise MigrationStreamError(f"{name}: not a VM snapshot (no records before END)")
-    config, ram_size = _read_config(records[0], name, any(isinstance(r, DiskRecord) for r in records))
+    config, ram_size = _read_config(records[0], name, any(isinstance(r, DiskRecord) for r in records),
+                                    any(isinstance(r, VifRecord) for r in records))
     snap = Snapshot(config=config, ram_size=ram_size, vcpus={}, devices={}, pages={})
     for index, record in enumerate(records[1:], 1):
         where = f"{name}: record {index}"
@@ -225,6 +241,9 @@ def read_snapshot(src, name="snapshot"):
         elif isinstance(record, DiskRecord):
             check_disk(record.state, where)
             snap.disks.append(record.state)
+        elif isinstance(record, VifRecord):
+            check_vif(record.state, where)
+            snap.vifs.append(record.state)
         elif isinstance(record, DeviceRecord):
             if record.name.startswith(RESERVED_PREFIXES):
                 raise MigrationStreamError(f"{where}: {record.name} does not belong in a snapshot")
@@ -321,4 +340,4 @@ def check_pv_state(state, where="snapshot"):
 
 __all__ = ["Snapshot", "XenstoreNode", "write_snapshot", "read_snapshot", "save_file", "load_file",
            "save_devices", "restore_devices", "restore_memory", "zero_memory", "check_pv_state",
-           "check_config", "check_disk", "SNAPSHOT_FORMAT"]
+           "check_config", "check_disk", "check_vif", "SNAPSHOT_FORMAT"]

@@ -21,7 +21,10 @@ Invariants:
   is counted in ``stats['tx_errors']`` and reported as a refused delivery, never
   raised: a missing peer must not stop the VMM;
 - bad ``local``/``remote`` text, or a local address that cannot be bound, raises
-  ConfigError naming the address.
+  ConfigError naming the address;
+- ``release()`` closes the socket and keeps the switch port (a live migration hands
+  the address to the destination on the same host); until ``reclaim()`` binds it
+  again, sends are refused and counted and ``poll`` takes nothing.
 """
 
 import errno
@@ -66,13 +69,35 @@ class UdpEndpoint:
         self.port = None
         self.stats = dict.fromkeys(("tx_frames", "tx_bytes", "tx_errors", "rx_frames", "rx_bytes",
                                     "foreign", "bad"), 0)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._local_addr = local_addr
+        self.sock = self._bind()
+
+    def _bind(self):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            self.sock.bind(local_addr)
+            sock.bind(self._local_addr)
         except OSError as err:
-            self.sock.close()
-            raise ConfigError(f"local {local!r}: cannot bind UDP socket ({err.strerror})") from None
-        self.sock.setblocking(False)
+            sock.close()
+            raise ConfigError(f"local {self.local_text!r}: cannot bind UDP socket ({err.strerror})") from None
+        sock.setblocking(False)
+        return sock
+
+    @property
+    def bound(self):
+        """Is the socket open (not released or closed)?"""
+        return self.sock.fileno() >= 0
+
+    def release(self):
+        """Let go of the local address (a live migration's destination binds it next):
+        the socket is closed, datagrams queued on it are lost, frames to send are
+        refused (counted) until ``reclaim``; the switch port stays."""
+        self.sock.close()
+
+    def reclaim(self):
+        """Bind the local address again after ``release`` (the migration failed and the
+        VM runs on here); ConfigError if someone else holds it now."""
+        if not self.bound:
+            self.sock = self._bind()
 
     def set_remote(self, remote):
         self.remote = parse_hostport(remote, "remote")

@@ -6,7 +6,8 @@ Ethernet (RFC 826), an IPv4 header (RFC 791), an ICMP echo request/reply
 (RFC 792) and a UDP datagram (RFC 768), with the Internet checksum (RFC 1071);
 complete the transport checksum a guest left blank (NETTXF_csum_blank); answer
 ARP requests and echo requests for one (MAC, IPv4) pair (``answer``), which is all a
-test guest or a future guest check needs to prove two stacks talk.
+test guest or a future guest check needs to prove two stacks talk; and the RARP
+frame that announces a MAC after a migration (``announcement``).
 
 Invariants: builders return exactly the bytes a real stack puts on the wire (no
 padding to 60 bytes: virtual NICs do not pad); parsers never trust a length field
@@ -22,16 +23,18 @@ from pyvmm.errors import ConfigError, PacketError
 __all__ = ["ETH_HLEN", "ETH_P_IP", "ETH_P_ARP", "BROADCAST", "parse_mac", "format_mac",
            "parse_ipv4", "is_group", "ethernet", "split_ethernet", "arp", "parse_arp", "ipv4",
            "parse_ipv4_packet", "icmp_echo", "parse_icmp", "udp", "internet_checksum",
-           "complete_checksum", "answer"]
+           "complete_checksum", "answer", "announcement", "ETH_P_RARP"]
 
 ETH_ALEN = 6
 ETH_HLEN = 14                 # dst, src, ethertype (if_ether.h)
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
+ETH_P_RARP = 0x8035           # RFC 903 (if_ether.h)
 BROADCAST = b"\xff" * ETH_ALEN
 
 ARP_HRD_ETHER = 1             # RFC 826 / if_arp.h ARPHRD_ETHER
 ARP_REQUEST, ARP_REPLY = 1, 2
+RARP_REQUEST_REVERSE = 3      # RFC 903: "request reverse"
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 ICMP_ECHOREPLY, ICMP_ECHO = 0, 8
 
@@ -113,6 +116,15 @@ def parse_arp(payload):
         raise PacketError(f"ARP for hardware {hrd} protocol {pro:#x} (lengths {hln}/{pln}) is not "
                          "Ethernet/IPv4")
     return {"op": op, "sha": sha, "spa": spa, "tha": tha, "tpa": tpa}
+
+
+def announcement(mac):
+    """The frame that tells every switch on the way where ``mac`` lives now: a broadcast
+    RARP "request reverse" from ``mac`` about itself, both IPv4 addresses 0, as QEMU's
+    self-announce (net/announce.c) sends after a migration (Xen's netfront sends a
+    gratuitous ARP instead, which needs the guest's IP). Not padded to 60 bytes."""
+    zero_ip = bytes(4)
+    return ethernet(BROADCAST, mac, ETH_P_RARP, arp(RARP_REQUEST_REVERSE, mac, zero_ip, mac, zero_ip))
 
 
 # --- IPv4 ------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ Invariants:
   slices, as every other device's work does;
 - ``wake()`` never blocks and may be called any number of times from any thread;
 - a local address given twice is refused (ConfigError) before a second socket is
-  bound; ``close()`` closes every endpoint and is idempotent.
+  bound; ``close()`` closes every endpoint and is idempotent;
+- an endpoint whose address was released (live migration) is neither polled nor
+  waited on until it is reclaimed.
 """
 
 import select
@@ -47,7 +49,14 @@ class HostNetwork:
     @property
     def can_wake(self):
         """Can something outside the process (a datagram) wake a guest?"""
-        return bool(self.endpoints)
+        return any(ep.bound for ep in self.endpoints)
+
+    def endpoint(self, local):
+        """The UdpEndpoint bound (or released) at ``local`` (the text ``udp_switch`` got)."""
+        for ep in self.endpoints:
+            if ep.local_text == local:
+                return ep
+        raise ConfigError(f"no udp endpoint at local={local}")
 
     def switch(self, name):
         """The switch called ``name`` (created the first time it is named)."""
@@ -78,7 +87,7 @@ class HostNetwork:
     def wait(self, timeout):
         """Sleep until a datagram, a wake() or ``timeout`` seconds (None: no limit), then
         poll(); returns the number of frames brought in."""
-        readable = select.select([self._wakee, *self.endpoints], [], [], timeout)[0]
+        readable = select.select([self._wakee, *(ep for ep in self.endpoints if ep.bound)], [], [], timeout)[0]
         if self._wakee in readable:
             try:
                 while self._wakee.recv(4096):

@@ -31,6 +31,19 @@ Invariants:
 - A frame for the guest is dropped and counted (``stats['rx_dropped']``) when the
   vif is not connected or no rx request is posted; it is never queued.
 
+Save/restore (docs/migration-stream.md, "Network interfaces"): ``save`` is
+SplitBackend's connection (xenbus state, both rings' grant refs and private
+indices, the frontend's port), taken after the tx requests already on the ring
+are served (their frames leave, their responses are in the ring page), plus the
+counters and the number of rx requests the frontend has posted and the backend
+not yet used (they stay in the ring page, in guest RAM). ``restore`` takes it up
+in a fresh, unstarted Netback and checks that the restored rx ring shows exactly
+that many posted requests; a mismatch drops the connection again (nothing stays
+mapped or bound). ``announce()`` sends ``ethernet.announcement(mac)`` into the
+switch from the vif's port, as QEMU announces a migrated NIC: every switch on the
+way (the local one, and through a UDP endpoint the other process's) learns at once
+where the guest's MAC lives now.
+
 Deviations: pyvmm's domain 0 is Python code without guest RAM, so GNTTABOP_copy
 (whose local side is a gmfn of the caller) cannot name a dom0 buffer; each slot is
 copied through a transient grant mapping instead (same checks: GTF_permit_access,
@@ -46,16 +59,18 @@ received frames always carry full checksums, so NETRXF_* flags stay 0.
 
 from pyvmm.devices import netif
 from pyvmm.devices.backend import SplitBackend, frontend_int
-from pyvmm.devices.net.ethernet import ETH_HLEN, complete_checksum, format_mac
-from pyvmm.errors import ConfigError, PyvmmError, RingError
+from pyvmm.devices.net.ethernet import ETH_HLEN, announcement, complete_checksum, format_mac
+from pyvmm.errors import ConfigError, MigrationStreamError, PyvmmError, RingError
+from pyvmm.migrate.state import StateFields
 from pyvmm.pv import abi
 
-__all__ = ["Netback", "MAX_TX_SLOTS", "VLAN_ETH_HLEN"]
+__all__ = ["Netback", "MAX_TX_SLOTS", "VLAN_ETH_HLEN", "STAT_KEYS"]
 
 MAX_TX_SLOTS = netif.XEN_NETIF_NR_SLOTS_MIN      # data slots one packet may use (netif.h)
 MAX_TX_EXTRAS = netif.XEN_NETIF_EXTRA_TYPE_MAX - 1   # one extra slot per defined type
 VLAN_ETH_HLEN = ETH_HLEN + 4                     # an 802.1Q tag may follow the addresses
 
+STAT_KEYS = ("tx_packets", "tx_bytes", "tx_errors", "rx_packets", "rx_bytes", "rx_errors", "rx_dropped")
 _EXTRA_SIZE = netif.NETIF_EXTRA_INFO.size
 assert _EXTRA_SIZE <= netif.NETIF_TX_REQUEST.size
 
@@ -106,8 +121,8 @@ class Netback(SplitBackend):
         self.mtu = mtu
         self.max_frame = mtu + VLAN_ETH_HLEN
         self.last_refused = None
-        self.stats = dict.fromkeys(("tx_packets", "tx_bytes", "tx_errors", "rx_packets",
-                                    "rx_bytes", "rx_errors", "rx_dropped"), 0)
+        self.announcements = 0
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
         details = {"feature-rx-copy": 1, "feature-rx-flip": 0, "feature-sg": 0,
                    "feature-gso-tcpv4": 0, "feature-gso-tcpv6": 0, "feature-split-event-channels": 0,
                    "mac": format_mac(self.mac), "handle": devid}
@@ -128,6 +143,46 @@ class Netback(SplitBackend):
         if frontend_int(values, "request-rx-copy") != 1:
             raise PyvmmError(f"{self.name}: frontend did not set request-rx-copy=1 (page flipping "
                              "is not offered)")
+
+    # --- save / restore ---------------------------------------------------------------
+
+    def save(self):
+        """The connection (SplitBackend.save: the tx ring served first) with the counters
+        and the rx requests posted and not yet used."""
+        backend = super().save()
+        posted = self.rx.unconsumed_requests() if self.rx is not None else 0
+        return {**backend, "stats": dict(self.stats), "rx_posted": posted}
+
+    def restore(self, state):
+        """Take up a saved connection in this unstarted backend (SplitBackend.restore);
+        the rx ring must show the ``rx_posted`` requests the save saw."""
+        f = StateFields(state, f"{self.name} backend")
+        stats = f.raw("stats")
+        if not isinstance(stats, dict) or sorted(stats) != sorted(STAT_KEYS):
+            f.fail("stats", f"{stats!r} is not a map of {list(STAT_KEYS)}")
+        for key in STAT_KEYS:
+            if isinstance(stats[key], bool) or not isinstance(stats[key], int) or not 0 <= stats[key] < 1 << 64:
+                f.fail("stats", f"{key}: {stats[key]!r} is not a counter")
+        rx_size = netif.NETIF_RX_RING.ring_size(abi.PAGE_SIZE)
+        posted = f.uint("rx_posted", rx_size + 1)
+        connection = {k: v for k, v in state.items() if k not in ("stats", "rx_posted")}
+        super().restore(connection)
+        now = self.rx.unconsumed_requests() if self.rx is not None else 0
+        if now != posted:
+            self.stop()
+            raise MigrationStreamError(f"{self.name} backend: the restored rx ring holds {now} posted "
+                                       f"requests, the save saw {posted}")
+        self.stats = dict(stats)
+
+    def announce(self):
+        """Send the RARP announcement of the guest's MAC into the switch (after a restore
+        or a migration); False when the vif is not connected (the guest has not brought
+        it up: its first frame will teach the switch)."""
+        if not self.connected:
+            return False
+        self.uplink.send(announcement(self.mac))
+        self.announcements += 1
+        return True
 
     def destroy(self):
         """Leave the switch and drop the connection (the toolstack removes the vif)."""
