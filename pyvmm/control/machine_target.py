@@ -237,7 +237,7 @@ class _MachineSource:
             self._paused = False
             self._target._start_vcpu()
         if problems:                        # the VM runs, but says what it lost
-            raise PyvmmError("; ".join(problems))
+            raise PyvmmError("the VM runs, but " + "; ".join(problems))
 
     def save_devices(self):
         state = self._machine.save_state()

@@ -322,6 +322,6 @@ def _undo(vm, job, error):
         job.paused = False
         try:
             vm.resume()
-        except Exception as e:     # the VM cannot run here either: say so, loudly
-            reason += f"; and resuming the source VM failed: {e}"
+        except Exception as e:     # the VM cannot run here either, or runs without a part: say so, loudly
+            reason += f"; and on resuming the source VM: {e}"
     return reason

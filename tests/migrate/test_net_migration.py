@@ -425,3 +425,38 @@ def test_the_announcement_is_a_rarp_request_reverse_from_the_mac():
     assert (dst, src, ethertype) == (b"\xff" * 6, mac, ETH_P_RARP)
     # htype 1, ptype IPv4, hlen 6, plen 4, op 3; sender and target the MAC, both IPs 0
     assert payload == bytes.fromhex("0001 0800 06 04 0003") + mac + bytes(4) + mac + bytes(4)
+
+
+class PortKept(Machine):
+    """A destination where something else holds the vif's address and keeps it after
+    the refusal, so the source cannot bind it again either."""
+
+    squatters = []
+
+    def finish_migration(self, state):
+        port = int(state["vifs"][0]["local"].rpartition(":")[2])
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        squatter.bind(("127.0.0.1", port))
+        self.squatters.append(squatter)
+        super().finish_migration(state)
+
+
+def test_a_source_that_cannot_bind_its_port_again_runs_on_and_says_its_vif_is_cut_off(tmp_path):
+    target, rx, received, src, dst, responder, port = _migrate_pinger(tmp_path, 4000, PortKept)
+    try:
+        deadline = time.monotonic() + 60
+        while target.info_migrate()["status"] != "failed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        info = target.info_migrate()
+        assert info["status"] == "failed", info
+        assert (f"on resuming the source VM: the VM runs, but vif 0: local '127.0.0.1:{port}': cannot bind UDP "
+                "socket") in info["error"] and "its frames are dropped" in info["error"]
+        assert target.status()["status"] == "running" and not target.machine.vifs[0].endpoint.bound
+        target.quit()
+        assert target.wait(10) == (0, "quit through the control socket")
+    finally:
+        responder.kill()
+        responder.communicate()
+        rx.join(10)
+        for squatter in PortKept.squatters:
+            squatter.close()
