@@ -460,3 +460,23 @@ def test_a_source_that_cannot_bind_its_port_again_runs_on_and_says_its_vif_is_cu
         rx.join(10)
         for squatter in PortKept.squatters:
             squatter.close()
+
+
+def test_a_released_endpoint_lets_go_of_its_port_and_takes_it_back():
+    from pyvmm.devices.net.hostnet import HostNetwork
+    port, remote = free_udp_ports(2)
+    net = HostNetwork()
+    try:
+        net.udp_switch(f"127.0.0.1:{port}", f"127.0.0.1:{remote}")
+        endpoint = net.endpoint(f"127.0.0.1:{port}")
+        assert net.can_wake and not port_is_free(port)
+        endpoint.release()
+        assert port_is_free(port) and not net.can_wake and not endpoint.bound
+        assert endpoint.deliver(announcement(bytes.fromhex("525400000001"))) is False
+        assert endpoint.stats["tx_errors"] == 1 and endpoint.poll() == 0
+        assert net.wait(0.01) == 0                   # a released endpoint is not waited on
+        endpoint.reclaim()
+        assert endpoint.bound and not port_is_free(port) and net.can_wake
+    finally:
+        net.close()
+    assert port_is_free(port)

@@ -150,7 +150,7 @@ class Vif:
     False, a restore, leaves it for ``restore``). ``spec`` is the NetSpec it was made
     from (saved in the VIF record); ``endpoint`` the UdpEndpoint of a UDP vif."""
 
-    def __init__(self, backend_domain, client, frontend_domid, devid, mac, switch, spec=None, endpoint=None,
+    def __init__(self, backend_domain, client, frontend_domid, devid, mac, switch, spec, endpoint=None,
                  start=True):
         self.devid = devid
         self.mac = bytes(mac)
