@@ -237,14 +237,19 @@ class Blkback(SplitBackend):
         # Without persistent grants a WRITE only reads the frontend's pages: mapped
         # read-only, as Linux's blkback does.
         pages, release = self._map(segs.grefs, writable=not writing)
+        runs = None
         try:
             if segs.spans is not None:
                 pages = [page[start:end] for page, (start, end) in zip(pages, segs.spans)]
+            elif release is _nothing and self.persistent is not None:
+                runs = self.persistent.buffers(segs.grefs)     # whole kept pages: merge runs
             if writing:
-                self.image.writev(sector * SECTOR_SIZE, pages, segs.nbytes)
+                self.image.writev(sector * SECTOR_SIZE, runs or pages, segs.nbytes)
             else:
-                self.image.readv(sector * SECTOR_SIZE, pages, segs.nbytes)
+                self.image.readv(sector * SECTOR_SIZE, runs or pages, segs.nbytes)
         finally:
+            for view in runs or ():
+                view.release()
             release()
 
 

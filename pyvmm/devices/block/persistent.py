@@ -15,7 +15,12 @@ of a map and an unmap per segment per request.
 
 A frontend that keeps its grants also repeats its requests' shapes (the same grefs
 in the same order: a 1 MiB read of the same buffer), so the page lists of the last
-``SHAPES`` gref sequences whose grants are all kept are remembered whole.
+``SHAPES`` gref sequences whose grants are all kept are remembered whole. And a
+buffer is often contiguous in the frontend's RAM, so ``buffers(grefs)`` gives a
+remembered shape as runs: the grants of consecutive frames of one domain become one
+view (one iovec instead of 256 for a 1 MiB read: ~10 us less per request). The
+runs are remembered as frame ranges, not views; the views are made for one request
+and released by the caller after its I/O, so none outlives the grants.
 
 Invariants: all or nothing: if any gref of a request cannot be mapped (GrantError),
 the grants this call mapped are unmapped again, the kept set is as it was, and the
@@ -54,6 +59,7 @@ class PersistentGrants:
         self._pages = {}          # gref -> writable view of the granted page
         self._mappings = {}       # gref -> its GrantMapping
         self._shapes = {}         # tuple of grefs, all kept -> their pages (not to be changed)
+        self._runs = {}           # tuple of grefs, all kept -> ((memory, start, end), ...) or ()
 
     def __len__(self):
         return len(self._pages)
@@ -74,8 +80,34 @@ class PersistentGrants:
             return self._map_missing(grefs)
         if len(self._shapes) >= SHAPES:
             self._shapes.clear()
+            self._runs.clear()
         self._shapes[grefs] = pages
         return pages, None
+
+    def buffers(self, grefs):
+        """The pages of ``grefs`` (all kept: pages() returned no Transient for them) as
+        fewer, longer writable views, one per run of consecutive frames of one domain;
+        None when no two are adjacent (use the pages). The caller releases each view
+        after the request's I/O."""
+        runs = self._runs.get(grefs)
+        if runs is None:
+            runs = self._runs[grefs] = self._runs_of(grefs)
+        if not runs:
+            return None
+        return [memory.view[start:end] for memory, start, end in runs]
+
+    def _runs_of(self, grefs):
+        runs = []
+        last = None
+        for gref in grefs:
+            mapping = self._mappings[gref]
+            memory, start = mapping.granter.memory, mapping.gfn << abi.PAGE_SHIFT
+            if last is not None and last[0] is memory and last[2] == start:
+                last[2] = start + abi.PAGE_SIZE
+            else:
+                last = [memory, start, start + abi.PAGE_SIZE]
+                runs.append(last)
+        return tuple(map(tuple, runs)) if len(runs) < len(grefs) else ()
 
     def _map_missing(self, grefs):
         table, domid, kept = self.table, self.frontend_domid, self._pages
@@ -103,6 +135,7 @@ class PersistentGrants:
     def release(self):
         """Unmap every kept grant (idempotent)."""
         self._shapes.clear()
+        self._runs.clear()
         self._pages.clear()
         while self._mappings:
             _, mapping = self._mappings.popitem()

@@ -135,6 +135,40 @@ def test_persistent_grants_stay_mapped_and_are_not_mapped_again(disk, tmp_path):
     assert all(gt.pins(r) == (0, 0) for r in list(range(DATA_REF, DATA_REF + NR_DATA)) + [IND_REF, RING_REF])
 
 
+def test_persistent_grants_of_consecutive_frames_are_done_as_runs(disk, tmp_path):
+    """A kept buffer contiguous in the frontend's RAM goes to the image as a few long
+    views (one iovec per run of consecutive frames), and reads and writes the same bytes
+    as page by page; the views made for a request are released after it."""
+    path, img = disk
+    rig = Rig(img, frontend=PERSISTENT)
+    grant_indirect_pages(rig)
+    fe = rig.fe
+    order = list(range(32)) + list(range(40, 48)) + [33]          # three runs of frames
+    data = pattern(11, len(order) * 4096)
+    for k, p in enumerate(order):
+        fe.page(p)[:] = data[k * 4096:(k + 1) * 4096]
+    queue_indirect(fe, 1, WRITE, 16, [(p, 0, 7) for p in order])
+    fe.push()
+    assert fe.responses() == [(1, WRITE, OKAY)]
+    assert converted(path, tmp_path)[16 * 512:16 * 512 + len(data)] == data
+    for p in order:
+        fe.page(p)[:] = bytes(4096)
+    queue_indirect(fe, 2, READ, 16, [(p, 0, 7) for p in order])
+    fe.push()
+    assert fe.responses() == [(2, READ, OKAY)]
+    assert b"".join(bytes(fe.page(p)) for p in order) == data
+    grefs = tuple(DATA_REF + p for p in order)
+    views = rig.be.persistent.buffers(grefs)
+    assert [len(v) for v in views] == [32 * 4096, 8 * 4096, 4096]
+    assert bytes(views[1][:4096]) == data[32 * 4096:33 * 4096]
+    for v in views:
+        v.release()
+    # frames with no neighbour in the request: nothing to merge, the pages are used
+    assert rig.be.persistent.buffers(tuple(DATA_REF + p for p in (3, 1))) is None
+    rig.fe.xenbus.close()                                         # nothing left exported
+    assert dom0_mappings(rig) == 0 and rig.be.persistent is None
+
+
 def test_persistent_past_the_limit_maps_per_request(disk, monkeypatch):
     path, img = disk
     monkeypatch.setattr(Blkback, "MAX_PERSISTENT_GRANTS", 4)
