@@ -35,6 +35,8 @@ _CLASSES = {
     2: (64, 64, 56, "EM_X86_64", "elf64", "long64"),
 }
 
+PF_X = 1                 # p_flags: the segment is executable (ELF gABI, "Segment Permissions")
+
 # Linux's default for kernels that do not say (boot protocol 2.03+ value), used for ELF.
 ELF_INITRD_ADDR_MAX = 0x7FFFFFFF
 
@@ -46,6 +48,7 @@ class _Segment:
     paddr: int
     filesz: int
     memsz: int
+    flags: int = 0           # p_flags: PF_X 1, PF_W 2, PF_R 4 (ELF gABI)
 
     @property
     def end(self):
@@ -61,7 +64,8 @@ def load_elf(path, memory, data=None):
     write_segments(memory, data, image.segments)
     return LoadedKernel(path=path, kind=image.kind, entry=image.entry, entry_mode=image.entry_mode,
                         load_start=image.start, load_end=image.end, reserved_end=image.end,
-                        cmdline_max=CMDLINE_MAX - 1, initrd_addr_max=ELF_INITRD_ADDR_MAX)
+                        cmdline_max=CMDLINE_MAX - 1, initrd_addr_max=ELF_INITRD_ADDR_MAX,
+                        executable=tuple((s.paddr, s.end) for s in image.segments if s.flags & PF_X))
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def _load_segments(path, elf, data):
     for index, ph in enumerate(headers):
         if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
             continue
-        seg = _Segment(index, ph["p_offset"], ph["p_paddr"], ph["p_filesz"], ph["p_memsz"])
+        seg = _Segment(index, ph["p_offset"], ph["p_paddr"], ph["p_filesz"], ph["p_memsz"], ph["p_flags"])
         if seg.memsz < seg.filesz:
             raise BadImageError(path, f"PT_LOAD segment {index}: p_memsz {seg.memsz:#x} is smaller "
                                       f"than p_filesz {seg.filesz:#x}")

@@ -42,6 +42,7 @@ class LoadedKernel:
     setup_header: Optional[bytes] = None  # bzImage: header bytes for boot_params from 0x1F1
     decompressed: Optional[str] = None    # bzImage: payload format pyvmm decompressed on the host
                                           # (None: the kernel's decompressor runs in the guest)
+    executable: tuple = ()          # ELF: (start, end) of each PF_X segment
 
 
 def mib(nbytes):

@@ -84,7 +84,8 @@ def test_start_info_as_the_guest_sees_it():
         assert si["shared_info"] == lay.shared_info == m.pv.guest.shared_info_gfn * 4096
         assert si["store_mfn"] * 4096 == lay.store_page and si["store_evtchn"] == m.pv.store_port
         assert si["console"]["domU"] == {"mfn": lay.console_page // 4096, "evtchn": m.pv.console_port}
-        assert (si["pt_base"], si["nr_pt_frames"]) == (0x9000, 6)
+        # PML4, PDPT, 4 PDs, and the 4 KiB table of the 2 MiB page holding the kernel's code
+        assert (si["pt_base"], si["nr_pt_frames"]) == (0x9000, 7)
         assert bytes(si["cmd_line"]).rstrip(b"\0") == b"console=hvc0 quiet"
         assert (si["mod_start"], si["mod_len"]) == (0, 0)
         assert m.memory.read_u64(si["mfn_list"] + 8 * 1234) == 1234
@@ -95,6 +96,36 @@ def test_start_info_as_the_guest_sees_it():
         e = m.boot.entry
         assert (e.rip, e.rsi, e.rsp) == (m.boot.notes.entry, lay.start_info, lay.stack_top)
         assert m.memory.read(m.boot.notes.hypercall_page + 32 * 17, 14) == bytes.fromhex("51 4153 b8 11000000 0f05 415b 59 c3")
+    finally:
+        m.close()
+
+
+def test_the_identity_map_executes_only_the_kernels_code_segment():
+    """The domain builder maps pages NX but those of PF_X segments (pvguest: .text and
+    .rodata R|X, .data and .bss R|W), with EFER.NXE on: a fetch from the data segment,
+    the bootstrap region or free RAM faults; code fetches and data stores do not."""
+    from pyvmm.boot.elf import check_elf
+    from pyvmm.errors import GuestFault
+    from pyvmm.mm.pagewalk import Paging, translate
+    m, _ = boot_pv()
+    try:
+        e = m.boot.entry
+        assert e.efer & (1 << 11)
+        paging = Paging(e.cr0, e.cr3, e.cr4, e.efer)
+        with open(PVGUEST, "rb") as f:
+            segments = check_elf(PVGUEST, f.read(), m.memory).segments
+        code = [s for s in segments if s.flags & 1]
+        data = [s for s in segments if not s.flags & 1]
+        assert len(code) == 1 and len(data) == 1 and code[0].end <= data[0].paddr
+        assert m.boot.kernel.executable == ((code[0].paddr, code[0].end),)
+        for addr in (e.rip, m.boot.notes.hypercall_page, code[0].end - 1):
+            assert translate(m.memory, paging, addr, fetch=True) == addr
+        for addr in (data[0].paddr, data[0].end - 1, m.boot.layout.start_info, e.rsp - 8,
+                     m.memory.size - 4096, 0x4000_0000):
+            assert translate(m.memory, paging, addr, write=True) == addr
+            with pytest.raises(GuestFault) as fault:
+                translate(m.memory, paging, addr, fetch=True)
+            assert fault.value.error_code == 0b10001         # present, instruction fetch
     finally:
         m.close()
 
