@@ -115,19 +115,36 @@ __attribute__((constructor)) static void hash_weights_init(void)
 }
 
 /* sum(limb_i * hash_weight[i]) for the nlimbs (<= HASH_BLOCK) limbs at q, reduced
- * mod p. The products (each < 2^128) go into one 128-bit sum, its carries out
- * counted in top: the sum is top 2^128 + acc, and 2^128 = 59^2 (mod p). One
- * accumulator keeps everything in registers (add, adc, adc a limb). */
+ * mod p. The products (each < 2^128) go into 128-bit sums, their carries out counted
+ * in top: a sum is top 2^128 + acc, and 2^128 = 59^2 (mod p). Four accumulators take
+ * the limbs in turn, so four multiply-add chains run side by side (one chain waits on
+ * its own add-with-carry each limb); all stay in registers. */
+static inline uint64_t hash_sum(u128 acc, uint64_t top)
+{
+    return mod_prime((u128)mod_prime(acc) + (u128)top * (DS_HASH_FOLD * DS_HASH_FOLD));
+}
+
 static inline uint64_t hash_block(const uint8_t *q, uint64_t nlimbs)
 {
-    u128 acc = 0;
-    uint64_t top = 0;
-    for (uint64_t i = 0; i < nlimbs; i++) {
-        u128 p = (u128)load64(q + 8 * i) * hash_weight[i];
-        acc += p;
-        top += acc < p;
+    u128 acc[4] = {0, 0, 0, 0};
+    uint64_t top[4] = {0, 0, 0, 0};
+    uint64_t i = 0;
+    for (; i + 4 <= nlimbs; i += 4) {
+        for (int k = 0; k < 4; k++) {
+            u128 p = (u128)load64(q + 8 * (i + k)) * hash_weight[i + k];
+            acc[k] += p;
+            top[k] += acc[k] < p;
+        }
     }
-    return mod_prime((u128)mod_prime(acc) + (u128)top * (DS_HASH_FOLD * DS_HASH_FOLD));
+    for (; i < nlimbs; i++) {
+        u128 p = (u128)load64(q + 8 * i) * hash_weight[i];
+        acc[0] += p;
+        top[0] += acc[0] < p;
+    }
+    uint64_t h = 0;
+    for (int k = 0; k < 4; k++)
+        h = mod_prime((u128)h + hash_sum(acc[k], top[k]));
+    return h;
 }
 
 uint64_t ds_page_hash(const uint8_t *page, uint64_t page_size)
