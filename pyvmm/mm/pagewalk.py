@@ -153,6 +153,8 @@ class TranslationCache:
 def read_linear(mem, paging, vaddr, length, user=False, fetch=False, tlb=None):
     """Read ``length`` bytes at guest-linear ``vaddr`` (may cross pages)."""
     walk = tlb.translate if tlb is not None else translate
+    if length <= 0x1000 - (vaddr & 0xFFF):          # one page: a hypercall's argument
+        return mem.read(walk(mem, paging, vaddr, user=user, fetch=fetch), length) if length > 0 else b""
     out = bytearray()
     while length > 0:
         chunk = min(length, 0x1000 - (vaddr & 0xFFF))
