@@ -310,9 +310,7 @@ static int find_device(void)
 
 static int connect(void)
 {
-    check("backend_initwait", xenbus_wait_state(be_dir, XenbusStateInitWait, 0), XenbusStateInitWait);
-    grant_entry_v1_t *table = gnttab_setup();
-    check("gnttab_setup_table", table != NULL, 1);
+    grant_entry_v1_t *table = frontend_begin(be_dir);
     if (!table)
         return -1;
     blkif_sring_t *sring = (blkif_sring_t *)ring_page;

@@ -5,6 +5,7 @@
  * the portable way (check the ring, then block with a timeout).
  */
 #include "pvlib.h"
+#include <xen/io/xenbus.h>
 
 #define UPCALL_VECTOR 0xF3
 
@@ -429,6 +430,14 @@ grant_entry_v1_t *gnttab_setup(void)
     if (rc != 0 || setup.status != GNTST_okay)
         return NULL;
     return (grant_entry_v1_t *)(frame << PAGE_SHIFT);
+}
+
+grant_entry_v1_t *frontend_begin(const char *be_dir)
+{
+    check("backend_initwait", xenbus_wait_state(be_dir, XenbusStateInitWait, 0), XenbusStateInitWait);
+    grant_entry_v1_t *table = gnttab_setup();
+    check("gnttab_setup_table", table != NULL, 1);
+    return table;
 }
 
 void gnttab_grant(grant_entry_v1_t *table, grant_ref_t ref, domid_t domid, uint64_t frame, int readonly)

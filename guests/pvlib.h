@@ -101,6 +101,9 @@ long xenbus_wait_state(const char *peer_dir, long want, int or_later);
 
 /* grants (grant_table.h, v1 entries written directly) */
 grant_entry_v1_t *gnttab_setup(void);               /* the first grant frame, or NULL */
+/* A split-driver frontend's first step: wait for the backend at be_dir to reach
+ * InitWait (xenbus), then set up the grant table; both are checks. The table or NULL. */
+grant_entry_v1_t *frontend_begin(const char *be_dir);
 void gnttab_grant(grant_entry_v1_t *table, grant_ref_t ref, domid_t domid, uint64_t frame,
                   int readonly);
 
