@@ -8,16 +8,14 @@ wrote in the image (which the source flushed and the destination opened again by
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
-from pyvmm.control.machine_target import MachineTarget
 from pyvmm.devices import blkif
 from pyvmm.devices.block.pattern import SECTOR_SIZE, pattern
 from pyvmm.errors import BadImageError, MigrationStreamError
 from pyvmm.machine import Machine, VmConfig
-from pyvmm.migrate.receiver import open_listener
+from tests.migrate.live import LiveMigration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BLKFRONT = os.path.join(ROOT, "guests", "build", "blkfront.elf")
@@ -153,23 +151,10 @@ def test_live_migration_mid_run_finishes_as_unmigrated(fmt, tmp_path, unmigrated
     guest writes and reads it (pre-copy rounds with blkback filling the guest's pages);
     the destination opens the same image file once the source has flushed and closed it."""
     disk = make_disk(tmp_path, fmt, "shared")
-    src, dst, received = [], [], []
-    listener = open_listener("127.0.0.1:0")
-    target = None
-
-    def console(data):
-        src.append(data)
-        if b"connected:" in data:
-            target.migrate("127.0.0.1", listener.getsockname()[1])
-    target = MachineTarget(Machine(config(disk, fmt, console, LONG_COUNT)))
-    rx = threading.Thread(target=lambda: received.append(
-        Machine.receive_migration(listener, console=dst.append, timeout=30)))
-    rx.start()
-    target.start()
-    status = target.wait(60)
-    rx.join(60)
-    assert status[1].startswith("migrated to"), (status, target.info_migrate())
-    machine, stats = received[0]
+    live = LiveMigration(trigger=b"connected:")
+    src, dst = live.src, live.dst
+    live.start(Machine(config(disk, fmt, live.console, LONG_COUNT)))
+    machine, stats = live.arrived(60)
     assert stats["status"] == "completed"
     assert machine.vbds[0].image.path == str(disk)
     assert machine.run() == POWEROFF

@@ -12,18 +12,17 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from pyvmm.control.machine_target import MachineTarget
 from pyvmm.devices.net.ethernet import ETH_P_RARP, announcement, answer, split_ethernet
 from pyvmm.errors import MigrationError, MigrationStreamError
 from pyvmm.machine import Machine, VmConfig
 from pyvmm.migrate import snapshot
 from pyvmm.migrate import stream as S
-from pyvmm.migrate.receiver import open_listener
+from tests.devices.net.udp_ports import free_udp_ports, port_is_free
+from tests.migrate.live import LiveMigration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NETFRONT = os.path.join(ROOT, "guests", "build", "netfront.elf")
@@ -41,25 +40,6 @@ def summary(text):
     found = SUMMARY.search(text)
     assert found, text[-1500:]
     return tuple(int(n) for n in found.groups())
-
-
-def free_udp_ports(n):
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def port_is_free(port):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class Responder:
@@ -216,43 +196,23 @@ def test_save_and_restore_through_the_cli(tmp_path):
 
 # --- live migration -----------------------------------------------------------------------
 
-def _migrate_pinger(tmp_path, count, machine_cls=Machine):
+def _migrate_pinger(count, receiver=Machine):
     """A pinger on UDP live-migrated (to a Machine in this process, so on the same host
-    and the same local port) once it knows its peer; returns (target, the received
-    machine and stats or the receiver's error, source and destination output, responder)."""
+    and the same local port) once it knows its peer; returns (the LiveMigration under
+    way, the responder, the vif's local port)."""
     a, b = free_udp_ports(2)
     responder = responder_process(a, b, count)
-    src, dst, received = [], [], []
-    listener = open_listener("127.0.0.1:0")
-    target = None
-
-    def console(data):
-        src.append(data)
-        if b" is at " in b"".join(src) and target.info_migrate()["status"] == "none":
-            target.migrate("127.0.0.1", listener.getsockname()[1])
-
-    def receive():
-        try:
-            received.append(machine_cls.receive_migration(listener, console=dst.append, timeout=30,
-                                                          accept_timeout=60))
-        except Exception as e:     # the test looks at it
-            received.append(e)
-    machine = Machine(pinger_config(console, f"udp,local=127.0.0.1:{b},remote=127.0.0.1:{a}", count,
-                                    timeout_ms=200, max_lost=3 * WINDOW))
-    target = MachineTarget(machine)
-    rx = threading.Thread(target=receive)
-    rx.start()
-    target.start()
-    return target, rx, received, src, dst, responder, b
+    live = LiveMigration(trigger=b" is at ", receiver=receiver)
+    live.start(Machine(pinger_config(live.console, f"udp,local=127.0.0.1:{b},remote=127.0.0.1:{a}", count,
+                                     timeout_ms=200, max_lost=3 * WINDOW)))
+    return live, responder, b
 
 
-def test_live_migration_mid_run_on_one_host_hands_the_udp_port_over(tmp_path):
+def test_live_migration_mid_run_on_one_host_hands_the_udp_port_over():
     count = 8000
-    target, rx, received, src, dst, responder, port = _migrate_pinger(tmp_path, count)
-    status = target.wait(90)
-    rx.join(90)
-    assert status[1].startswith("migrated to"), (status, target.info_migrate())
-    machine, stats = received[0]
+    live, responder, port = _migrate_pinger(count)
+    src, dst = live.src, live.dst
+    machine, stats = live.arrived(90)
     assert stats["status"] == "completed" and stats["rounds"] >= 1
     vif = machine.vifs[0]
     assert vif.endpoint.bound and vif.endpoint.local_address == ("127.0.0.1", port)
@@ -265,31 +225,18 @@ def test_live_migration_mid_run_on_one_host_hands_the_udp_port_over(tmp_path):
     assert finish_responder(responder) == (count, 1)
 
 
-def test_live_migration_of_a_pinger_on_a_switch(tmp_path):
+def test_live_migration_of_a_pinger_on_a_switch():
     """The destination process has a switch of that name of its own; a responder there
     answers once the VM arrived. The tx ring is served at the pause, and the source's
     responder answers into the guest's rx buffers before the last dirty log is read,
     so nothing is lost."""
     count = 5000
-    src, dst, received = [], [], []
-    listener = open_listener("127.0.0.1:0")
-    target = None
-
-    def console(data):
-        src.append(data)
-        if b" is at " in b"".join(src) and target.info_migrate()["status"] == "none":
-            target.migrate("127.0.0.1", listener.getsockname()[1])
-    machine = Machine(pinger_config(console, "switch=lan", count))
+    live = LiveMigration(trigger=b" is at ")
+    src, dst = live.src, live.dst
+    machine = Machine(pinger_config(live.console, "switch=lan", count))
     Responder(machine.platform.network.switch("lan"))
-    target = MachineTarget(machine)
-    rx = threading.Thread(target=lambda: received.append(
-        Machine.receive_migration(listener, console=dst.append, timeout=30, accept_timeout=60)))
-    rx.start()
-    target.start()
-    status = target.wait(90)
-    rx.join(90)
-    assert status[1].startswith("migrated to"), (status, target.info_migrate())
-    arrived, stats = received[0]
+    live.start(machine)
+    arrived, stats = live.arrived(90)
     netback = arrived.vifs[0].netback
     assert netback.connected and netback.announcements == 1 and arrived.vifs[0].endpoint is None
     Responder(arrived.platform.network.switch("lan"))
@@ -309,11 +256,11 @@ class PortTaken(Machine):
             super().finish_migration(state)
 
 
-def test_a_destination_that_cannot_bind_the_port_fails_cleanly_and_the_source_runs_on(tmp_path):
+def test_a_destination_that_cannot_bind_the_port_fails_cleanly_and_the_source_runs_on():
     count = 4000
-    target, rx, received, src, dst, responder, port = _migrate_pinger(tmp_path, count, PortTaken)
-    status = target.wait(90)
-    rx.join(90)
+    live, responder, port = _migrate_pinger(count, PortTaken)
+    target, received, src, dst = live.target, live.received, live.src, live.dst
+    status = live.wait(90)
     assert status == POWEROFF, (status, target.info_migrate(), b"".join(src)[-800:])
     info = target.info_migrate()
     assert info["status"] == "failed" and f"127.0.0.1:{port}" in info["error"] and "cannot bind" in info["error"]
@@ -441,8 +388,9 @@ class PortKept(Machine):
         super().finish_migration(state)
 
 
-def test_a_source_that_cannot_bind_its_port_again_runs_on_and_says_its_vif_is_cut_off(tmp_path):
-    target, rx, received, src, dst, responder, port = _migrate_pinger(tmp_path, 4000, PortKept)
+def test_a_source_that_cannot_bind_its_port_again_runs_on_and_says_its_vif_is_cut_off():
+    live, responder, port = _migrate_pinger(4000, PortKept)
+    target = live.target
     try:
         deadline = time.monotonic() + 60
         while target.info_migrate()["status"] != "failed" and time.monotonic() < deadline:
@@ -457,7 +405,7 @@ def test_a_source_that_cannot_bind_its_port_again_runs_on_and_says_its_vif_is_cu
     finally:
         responder.kill()
         responder.communicate()
-        rx.join(10)
+        live.rx.join(10)
         for squatter in PortKept.squatters:
             squatter.close()
 

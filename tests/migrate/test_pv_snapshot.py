@@ -9,31 +9,29 @@ import io
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from pyvmm.control.machine_target import MachineTarget
 from pyvmm.errors import ConfigError, MigrationError, MigrationStreamError
 from pyvmm.machine import PV_DEVICE, Machine, VmConfig
 from pyvmm.migrate import snapshot
-from pyvmm.migrate.receiver import open_listener
 from pyvmm.pv.xs_wire import XsType
+from tests.migrate.live import LiveMigration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PVGUEST = os.path.join(ROOT, "guests", "build", "pvguest.elf")
 POWEROFF = (0, "guest powered off (SCHEDOP_shutdown poweroff)")
 
 
-def _machine(out):
-    return Machine(VmConfig(kernel=PVGUEST, pv=True, console=out.append))
+def _machine(console):
+    return Machine(VmConfig(kernel=PVGUEST, pv=True, console=console))
 
 
 @pytest.fixture(scope="module")
 def unmigrated():
     out = []
-    assert _machine(out).run() == POWEROFF
+    assert _machine(out.append).run() == POWEROFF
     text = b"".join(out)
     assert text.endswith(b"checks passed\n") and b"FAIL" not in text
     return text
@@ -92,19 +90,12 @@ def test_restore_through_the_cli(tmp_path, unmigrated):
 
 
 def test_live_migration_mid_run_prints_what_an_unmigrated_run_prints(unmigrated):
-    src, dst, received = [], [], []
-    target = MachineTarget(_machine(src))
-    listener = open_listener("127.0.0.1:0")
-    rx = threading.Thread(target=lambda: received.append(
-        Machine.receive_migration(listener, console=dst.append, timeout=20)))
-    rx.start()
-    target.start()
+    live = LiveMigration(timeout=20)
+    src, dst = live.src, live.dst
+    live.start(_machine(live.console))
     time.sleep(0.1)
-    target.migrate("127.0.0.1", listener.getsockname()[1])
-    status = target.wait(20)
-    rx.join(20)
-    assert status[1].startswith("migrated to"), (status, target.info_migrate())
-    machine, stats = received[0]
+    live.migrate()
+    machine, stats = live.arrived(20)
     assert stats["status"] == "completed"
     assert machine.run() == POWEROFF
     assert b"".join(src) + b"".join(dst) == unmigrated
@@ -168,30 +159,20 @@ def test_an_open_xenstore_transaction_refuses_the_save_and_the_vm_runs_on(tmp_pa
 def test_a_migration_the_destination_cannot_build_is_refused(tmp_path):
     """The begin record names a kernel the destination does not have: the receiver
     refuses at once (nothing half-built is left) and the source runs on."""
-    out = []
-    m = _machine(out)
+    live = LiveMigration(timeout=10)
+    m = _machine(live.console)
     m.config.kernel = str(tmp_path / "gone.elf")
-    target = MachineTarget(m)
-    listener = open_listener("127.0.0.1:0")
-    errors = []
-
-    def rx():
-        try:
-            Machine.receive_migration(listener, timeout=10)
-        except (MigrationError, ConfigError) as e:
-            errors.append(e)
-    t = threading.Thread(target=rx)
-    t.start()
-    target.start()
-    target.migrate("127.0.0.1", listener.getsockname()[1])
-    t.join(20)
-    assert "the VM cannot be built here" in str(errors[0])
-    assert target.wait(20) == POWEROFF
-    assert target.info_migrate()["status"] == "failed" and b"checks passed" in b"".join(out)
+    target = live.start(m)
+    live.migrate()
+    status = live.wait(20)
+    [error] = live.received
+    assert isinstance(error, (MigrationError, ConfigError)) and "the VM cannot be built here" in str(error)
+    assert status == POWEROFF
+    assert target.info_migrate()["status"] == "failed" and b"checks passed" in b"".join(live.src)
 
 
 def test_snapshot_config_names_pv():
-    m = _machine([])
+    m = _machine([].append)
     try:
         assert m.snapshot_config()["pv"] is True
         snapshot.check_config(m.snapshot_config(), m.memory.size)

@@ -17,6 +17,7 @@ from pyvmm.devices.net.vif import NetSpec, default_mac
 from pyvmm.devices.xenbus import XenbusState, read_state
 
 from ..frontend_cli import assert_boot_refused
+from .udp_ports import free_udp_ports
 from pyvmm.errors import ConfigError
 from pyvmm.machine import Machine, VmConfig
 from pyvmm.pv.hypervisor import DomainSpec, Hypervisor, parse_domain_spec
@@ -34,16 +35,6 @@ PING_ID = 0x7079
 def summary(text):
     """(sent, replies, bad, duplicates, lost) from the pinger's console."""
     return tuple(int(n) for n in SUMMARY.search(text).groups())
-
-
-def free_udp_ports(n):
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def run_domains(specs):
