@@ -30,7 +30,7 @@ import time
 from pyvmm.devices.net.ethernet import ETH_P_IP, ethernet, icmp_echo, ipv4
 from pyvmm.errors import PyvmmError
 
-__all__ = ["bench_net", "format_results", "parse_bench_line", "udp_loopback", "ping_frames", "one_process",
+__all__ = ["bench_net", "free_udp_ports", "format_results", "parse_bench_line", "udp_loopback", "ping_frames", "one_process",
            "two_processes"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -105,7 +105,9 @@ def one_process(size, count):
     return parse_bench_line(text, count)
 
 
-def _free_ports(n):
+def free_udp_ports(n):
+    """``n`` distinct UDP ports the host just handed out for 127.0.0.1 and let go again
+    (for two processes' ``--net udp`` link; the tests use it too)."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
     try:
         for s in socks:
@@ -117,7 +119,7 @@ def _free_ports(n):
 
 
 def two_processes(size, count):
-    a, b = _free_ports(2)
+    a, b = free_udp_ports(2)
 
     def boot(cmdline, local, remote):
         return subprocess.Popen([sys.executable, "-m", "pyvmm.cli", "boot", "--pv", NETFRONT,

@@ -3,17 +3,7 @@ ports nothing holds right now, and whether one is still held."""
 
 import socket
 
-
-def free_udp_ports(n):
-    """``n`` distinct ports the host just handed out for 127.0.0.1 and let go again."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from pyvmm.devices.net.bench import free_udp_ports  # noqa: F401  (re-exported for the tests)
 
 
 def port_is_free(port):
