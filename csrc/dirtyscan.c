@@ -128,15 +128,15 @@ static inline uint64_t hash_block(const uint8_t *q, uint64_t nlimbs)
 {
     u128 acc[4] = {0, 0, 0, 0};
     uint64_t top[4] = {0, 0, 0, 0};
-    uint64_t i = 0;
-    for (; i + 4 <= nlimbs; i += 4) {
+    uint64_t body = nlimbs & ~(uint64_t)3;
+    for (uint64_t i = 0; i < body; i += 4) {
         for (int k = 0; k < 4; k++) {
             u128 p = (u128)load64(q + 8 * (i + k)) * hash_weight[i + k];
             acc[k] += p;
             top[k] += acc[k] < p;
         }
     }
-    for (; i < nlimbs; i++) {
+    for (uint64_t i = body; i < nlimbs; i++) {
         u128 p = (u128)load64(q + 8 * i) * hash_weight[i];
         acc[0] += p;
         top[0] += acc[0] < p;
