@@ -10,8 +10,7 @@
 #define ADDR_4K 0x000FFFFFFFFFF000ULL
 #define RSVD_HI (((1ULL << 52) - 1) & ~((1ULL << PW_MAXPHYADDR) - 1))
 
-int pw_translate64(uint64_t ram, uint64_t ram_size, uint64_t cr3, uint64_t vaddr, int flags,
-                   uint64_t *gpa)
+uint64_t pw_translate64(uint64_t ram, uint64_t ram_size, uint64_t cr3, uint64_t vaddr, int flags)
 {
     const uint8_t *base = (const uint8_t *)(uintptr_t)ram;
     uint64_t table = cr3 & ADDR_4K;
@@ -34,15 +33,14 @@ int pw_translate64(uint64_t ram, uint64_t ram_size, uint64_t cr3, uint64_t vaddr
         allow_u &= !!(entry & US);
         if (entry & NX)
             allow_x = 0;
-        int large = level != 1 && (entry & PS) && (level == 2 || level == 3);
+        int large = (entry & PS) && (level == 2 || level == 3);
         if (level == 1 || large) {
             if ((flags & PW_USER && !allow_u) ||
                 (flags & PW_WRITE && !allow_w && (flags & (PW_USER | PW_WP))) ||
                 (flags & PW_FETCH && !allow_x))
                 return PW_FALLBACK;
             uint64_t low = (1ULL << shift) - 1;
-            *gpa = (entry & ADDR_4K & ~low) | (vaddr & low);
-            return PW_OK;
+            return (entry & ADDR_4K & ~low) | (vaddr & low);
         }
         table = entry & ADDR_4K;
     }

@@ -17,17 +17,17 @@
  */
 #include <stdint.h>
 
-#define PW_OK 0
-#define PW_FALLBACK 1
+#define PW_FALLBACK 0xFFFFFFFFFFFFFFFFULL   /* not an address: a walk gives at most 2^52 - 1 */
 #define PW_MAXPHYADDR 40   /* the emulated CPU's physical-address width (pagewalk.MAXPHYADDR) */
 
-/* Guest-linear ``vaddr`` -> *gpa with the guest's RAM at host address ``ram``
- * (``ram_size`` bytes at guest-physical 0) and PML4 at ``cr3``. ``flags`` is
- * PW_WRITE | PW_USER | PW_FETCH | PW_WP (CR0.WP) | PW_NXE (EFER.NXE). */
+/* Guest-linear ``vaddr`` -> its guest-physical address (or PW_FALLBACK), with the
+ * guest's RAM at host address ``ram`` (``ram_size`` bytes at guest-physical 0) and PML4
+ * at ``cr3``. ``flags`` is PW_WRITE | PW_USER | PW_FETCH | PW_WP (CR0.WP) | PW_NXE
+ * (EFER.NXE). The answer is the return value, not an out-parameter: cffi releases the
+ * GIL around the call, and VMs run on several threads of one process. */
 #define PW_WRITE 1
 #define PW_USER 2
 #define PW_FETCH 4
 #define PW_WP 8
 #define PW_NXE 16
-int pw_translate64(uint64_t ram, uint64_t ram_size, uint64_t cr3, uint64_t vaddr, int flags,
-                   uint64_t *gpa);
+uint64_t pw_translate64(uint64_t ram, uint64_t ram_size, uint64_t cr3, uint64_t vaddr, int flags);

@@ -14,7 +14,7 @@ walk that records its path are done here, which also makes every #PF's error cod
 """
 
 from pyvmm.cpu.state import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA, EFER_NXE
-from pyvmm._pagewalk import ffi as _ffi, lib as _c
+from pyvmm._pagewalk import lib as _c
 from pyvmm.errors import GuestFault, GuestMemoryError
 
 PF = 14
@@ -24,7 +24,6 @@ PTE_NX = 1 << 63
 PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD, PFEC_I = 1, 2, 4, 8, 16
 ADDR_MASK_4K = 0x000F_FFFF_FFFF_F000
 MAXPHYADDR = _c.PW_MAXPHYADDR     # the emulated CPU's physical-address width (40)
-_gpa_out = _ffi.new("uint64_t *")
 
 
 class Paging:
@@ -39,6 +38,12 @@ class Paging:
         return cls(cpu.get_cr(0), cpu.get_cr(3), cpu.get_cr(4), cpu.efer)
 
 
+def c_walk_flags(paging, write, user, fetch):
+    """The access and the CPU state the C walk checks, as its ``flags`` (csrc/pagewalk.h)."""
+    return ((write and _c.PW_WRITE) | (user and _c.PW_USER) | (fetch and _c.PW_FETCH)
+            | (_c.PW_WP if paging.cr0 & CR0_WP else 0) | (_c.PW_NXE if paging.efer & EFER_NXE else 0))
+
+
 def translate(mem, paging, vaddr, write=False, user=False, fetch=False, path=None):
     """Guest-linear ``vaddr`` -> guest-physical address, or GuestFault(#PF).
 
@@ -49,12 +54,11 @@ def translate(mem, paging, vaddr, write=False, user=False, fetch=False, path=Non
         return vaddr & 0xFFFF_FFFF
     if paging.efer & EFER_LMA and path is None:
         ram = getattr(mem, "host_address", None)
-        if ram is not None and not _c.pw_translate64(
-                ram, mem.size, paging.cr3, vaddr & 0xFFFF_FFFF_FFFF_FFFF,
-                (write and _c.PW_WRITE) | (user and _c.PW_USER) | (fetch and _c.PW_FETCH)
-                | (_c.PW_WP if paging.cr0 & CR0_WP else 0) | (_c.PW_NXE if paging.efer & EFER_NXE else 0),
-                _gpa_out):
-            return _gpa_out[0]
+        if ram is not None:
+            gpa = _c.pw_translate64(ram, mem.size, paging.cr3, vaddr & 0xFFFF_FFFF_FFFF_FFFF,
+                                    c_walk_flags(paging, write, user, fetch))
+            if gpa != _c.PW_FALLBACK:
+                return gpa
     # I/D is only reported with SMEP or PAE-format NX (SDM Vol. 3A, 4.7)
     fetch_id = fetch and bool(paging.cr4 & CR4_SMEP or (paging.cr4 & CR4_PAE and paging.efer & EFER_NXE))
     rsvd_hi = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)   # bits 51:MAXPHYADDR; 62:52 are ignored

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from pyvmm.errors import GuestFault
 from pyvmm.mm import refwalk
 from pyvmm.mm.memory import GuestMemory
-from pyvmm._pagewalk import ffi as c_ffi, lib as c_walk
-from pyvmm.mm.pagewalk import MAXPHYADDR, Paging, translate
+from pyvmm._pagewalk import lib as c_walk
+from pyvmm.mm.pagewalk import MAXPHYADDR, Paging, c_walk_flags, translate
 from pyvmm.mm.refwalk import (CR0_PG, CR0_WP, CR4_PAE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE, P, PS,
                               RFLAGS_AC, RW, US, XD, Access, Cpu, Fault, walk)
 
@@ -218,11 +218,9 @@ def test_pagewalk_agrees_with_reference(mem, scenario):
 
 def c_walk_result(mem, c, va, write, user, fetch):
     """The C walk's address, or None where it leaves the walk to Python."""
-    out = c_ffi.new("uint64_t *")
-    flags = ((write and c_walk.PW_WRITE) | (user and c_walk.PW_USER) | (fetch and c_walk.PW_FETCH)
-             | (c_walk.PW_WP if c.cr0 & CR0_WP else 0) | (c_walk.PW_NXE if c.efer & EFER_NXE else 0))
-    status = c_walk.pw_translate64(mem.host_address, mem.size, c.cr3, va, flags, out)
-    return out[0] if status == c_walk.PW_OK else None
+    flags = c_walk_flags(Paging(c.cr0, c.cr3, c.cr4, c.efer), write, user, fetch)
+    gpa = c_walk.pw_translate64(mem.host_address, mem.size, c.cr3, va, flags)
+    return None if gpa == c_walk.PW_FALLBACK else gpa
 
 
 def test_c_walk_answers_a_plain_4k_walk_and_declines_a_fault(mem):
