@@ -42,6 +42,8 @@ CR0_PROT32 = CR0_PE | CR0_ET
 
 PTE_PRESENT, PTE_WRITABLE, PDE_PS = 1 << 0, 1 << 1, 1 << 7
 LARGE_PAGE = 2 * MiB
+IDENTITY_PDPT = BOOT_PML4 + PAGE_SIZE       # the identity map's PDPT, then its PDs, one after
+IDENTITY_PD = IDENTITY_PDPT + PAGE_SIZE     # another (one entry per 2 MiB page)
 _ENTRIES_PER_TABLE = PAGE_SIZE // 8
 
 
@@ -91,8 +93,7 @@ def write_gdt(memory, mode):
 
 def write_identity_page_tables(memory):
     """Identity-map 0..BOOT_IDENTITY_MAP with 2 MiB pages; return the PML4 address."""
-    pdpt = BOOT_PML4 + PAGE_SIZE
-    first_pd = pdpt + PAGE_SIZE
+    pdpt, first_pd = IDENTITY_PDPT, IDENTITY_PD
     n_pds = BOOT_IDENTITY_MAP // (LARGE_PAGE * _ENTRIES_PER_TABLE)
     assert first_pd + n_pds * PAGE_SIZE <= BOOT_PT_END
     table = PTE_PRESENT | PTE_WRITABLE

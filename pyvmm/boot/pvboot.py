@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pyvmm.boot.elf import _open as open_elf, load_elf
-from pyvmm.boot.entry import prepare_entry
+from pyvmm.boot.entry import IDENTITY_PD, LARGE_PAGE, PTE_PRESENT, PTE_WRITABLE, prepare_entry
 from pyvmm.boot.image import mib, read_image
+from pyvmm.cpu.state import EFER_NXE
 from pyvmm.errors import BadImageError
-from pyvmm.boot.entry import LARGE_PAGE, PTE_PRESENT, PTE_WRITABLE
 from pyvmm.mm.layout import BOOT_IDENTITY_MAP, BOOT_PML4, BOOT_PT_END, MiB, PAGE_SIZE
+from pyvmm.mm.pagewalk import PTE_NX
 from pyvmm.pv import abi
 
 XEN_NOTE_NAME = b"Xen"
@@ -51,8 +52,6 @@ HYPERCALL_IRET = 23                       # __HYPERVISOR_iret: PV-only, its stub
 GRANT_FRAMES = 4                          # grant-table frames a PV guest may use
 STACK_PAGES = 4                           # the bootstrap stack (16 KiB)
 REGION_ALIGN = 4 * MiB                    # xen.h: the region ends on a 4 MiB boundary
-PTE_NX = 1 << 63                          # execute-disable (SDM Vol. 3A, 4.5; needs EFER.NXE)
-EFER_NXE = 1 << 11
 
 # Note types whose descriptor is a number (elfnote.h: "numeric" notes).
 _NUMERIC = {abi.XEN_ELFNOTE_ENTRY: "entry", abi.XEN_ELFNOTE_HYPERCALL_PAGE: "hypercall_page",
@@ -281,9 +280,8 @@ def map_no_execute(memory, executable, tables_end):
     2 MiB page with executable pages stays executable whole. Returns the number of
     page-table frames from BOOT_PML4 on (start_info's nr_pt_frames). Nothing else
     changes: every page stays present and writable."""
-    first_pd = BOOT_PML4 + 2 * PAGE_SIZE
     count = BOOT_IDENTITY_MAP // LARGE_PAGE
-    pdes = list(struct.unpack(f"<{count}Q", memory.read(first_pd, count * 8)))
+    pdes = list(struct.unpack(f"<{count}Q", memory.read(IDENTITY_PD, count * 8)))
     code = {page for start, end in executable for page in range(start // PAGE_SIZE, -(-end // PAGE_SIZE))}
     per_large = LARGE_PAGE // PAGE_SIZE
     with_code = {page // per_large for page in code}
@@ -298,7 +296,7 @@ def map_no_execute(memory, executable, tables_end):
                 for page in range(first, first + per_large))))
             pdes[large] = table | PTE_PRESENT | PTE_WRITABLE
             table += PAGE_SIZE
-    memory.write(first_pd, struct.pack(f"<{count}Q", *pdes))
+    memory.write(IDENTITY_PD, struct.pack(f"<{count}Q", *pdes))
     return (table - BOOT_PML4) // PAGE_SIZE
 
 
