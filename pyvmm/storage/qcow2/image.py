@@ -373,8 +373,10 @@ class Qcow2Image(DiskImage):
         end = offset + length
         first_full = -(-offset // cs)
         last_full = end >> cb
-        if first_full >= last_full:
-            return self._zero_partial(offset, end)
+        if first_full >= last_full:          # no whole cluster: parts of at most two
+            boundary = min(end, ((offset >> cb) + 1) << cb)
+            self._zero_partial(offset, boundary)
+            return self._zero_partial(boundary, end)
         self._zero_partial(offset, first_full << cb)
         self._zero_partial(last_full << cb, end)
         if self.backing is not None and self.header.version < 3:
@@ -389,6 +391,7 @@ class Qcow2Image(DiskImage):
                 self._release(e)
 
     def _zero_partial(self, start, end):
+        """Zeroes over [start, end), which lies inside one cluster."""
         if start >= end:
             return
         e = self.map.entry(start >> self.cluster_bits)
